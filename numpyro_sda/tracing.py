@@ -1,0 +1,214 @@
+r"""Turn a user's NumPyro model into JAX functions of the trajectory.
+
+Every inference method in this library takes the user's own model, e.g.::
+
+    def model(prior, y=None):
+        x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x[::8, :1], 0.05), obs=y)
+
+and needs, as pure JAX functions of the trajectory :math:`x`, the observation log-likelihood
+
+.. math:: \log p(y \mid x) = \sum_{\text{observed sites } s} \sum_j \log p_s(y_{s,j} \mid x)
+
+(masked elements contribute zero, site scales multiply). :func:`trace_model` runs the model
+once under :func:`numpyro.handlers.trace` to find the one trajectory-prior site (any instance of
+``prior_types``), the observed sites and any other latent sites; afterwards the model is re-run
+under :func:`numpyro.handlers.substitute` with the trajectory (and optional extra latent values)
+fixed, which yields each observed site's distribution as a function of :math:`x` that JAX can
+differentiate, vmap and jit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax import Array
+from numpyro import handlers
+
+__all__ = ["TracedModel", "trace_model", "default_prior_types"]
+
+
+def default_prior_types() -> tuple[type, ...]:
+    """The distribution classes that mark the trajectory site of a model."""
+    from numpyro_sda.markov import MarkovPrior
+
+    types: list[type] = [MarkovPrior]
+    try:
+        from numpyro_sda.prior import TrajectoryPrior
+
+        types.append(TrajectoryPrior)
+    except ImportError:  # pragma: no cover - during partial builds
+        pass
+    return tuple(types)
+
+
+def _run_trace(model: Callable, args: tuple, kwargs: dict, data: dict | None, seed: int = 0):
+    m = handlers.seed(model, rng_seed=seed)
+    if data:
+        m = handlers.substitute(m, data=data)
+    return handlers.trace(m).get_trace(*args, **kwargs)
+
+
+def _sample_sites(tr) -> dict[str, dict]:
+    return {name: site for name, site in tr.items() if site["type"] == "sample"}
+
+
+def _site_log_prob(site: dict) -> Array:
+    lp = site["fn"].log_prob(site["value"])
+    if site.get("mask") is not None:
+        lp = jnp.where(site["mask"], lp, 0.0)
+    if site.get("scale") is not None:
+        lp = site["scale"] * lp
+    return lp
+
+
+@dataclass
+class TracedModel:
+    """What :func:`trace_model` found in a model, and JAX functions of the trajectory."""
+
+    model: Callable
+    args: tuple
+    kwargs: dict
+    prior_name: str
+    prior: dist.Distribution
+    observed: dict[str, Array]
+    latent: list[str]
+    imputed: list[str] = field(default_factory=list)
+    latent_values: dict[str, Array] = field(default_factory=dict)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.prior.event_shape)
+
+    def _check_x(self, x: Array) -> None:
+        if tuple(jnp.shape(x)) != self.event_shape:
+            raise ValueError(
+                f"trajectory for site {self.prior_name!r} must have shape {self.event_shape}, "
+                f"got {tuple(jnp.shape(x))}"
+            )
+
+    def _trace_given(self, x: Array, params: dict | None):
+        self._check_x(x)
+        data = {self.prior_name: x}
+        if params:
+            data.update(params)
+        return _run_trace(self.model, self.args, self.kwargs, data)
+
+    def site_distributions(self, x: Array, params: dict | None = None) -> dict[str, Any]:
+        """Each observed site's distribution given the trajectory ``x`` (one trajectory)."""
+        tr = self._trace_given(x, params)
+        return {name: tr[name]["fn"] for name in self.observed}
+
+    def site_log_likelihoods(self, x: Array, params: dict | None = None) -> dict[str, Array]:
+        """Element-wise :math:`\\log p_s(y_s \\mid x)` per observed site (masked entries are 0)."""
+        tr = self._trace_given(x, params)
+        return {name: _site_log_prob(tr[name]) for name in self.observed}
+
+    def log_likelihood(self, x: Array, params: dict | None = None) -> Array:
+        """:math:`\\log p(y \\mid x)` summed over every observed site and element."""
+        lls = self.site_log_likelihoods(x, params)
+        if not lls:
+            return jnp.zeros((), dtype=jnp.result_type(x))
+        return sum(jnp.sum(v) for v in lls.values())
+
+    def posterior_predictive(
+        self, key: Array, xs: Array, params: dict | None = None
+    ) -> dict[str, Array]:
+        """Draws of every observed site given each trajectory in ``xs`` (leading draw axis).
+
+        ``params``, when given, maps other latent sites to arrays with the same leading axis.
+        """
+
+        def one(k, x, p):
+            tr = self._trace_given(x, p)
+            keys = jax.random.split(k, max(len(self.observed), 1))
+            return {
+                name: tr[name]["fn"].sample(kk) for kk, name in zip(keys, self.observed, strict=False)
+            }
+
+        keys = jax.random.split(key, xs.shape[0])
+        if params:
+            return jax.vmap(one)(keys, xs, params)
+        return jax.vmap(lambda k, x: one(k, x, None))(keys, xs)
+
+
+def trace_model(
+    model: Callable,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    prior_types: tuple[type, ...] | None = None,
+) -> TracedModel:
+    """Trace ``model(*args, **kwargs)`` once and find its trajectory, observed and latent sites.
+
+    Raises:
+        ValueError: when the model has no site whose distribution is one of ``prior_types``, or
+            more than one; when an observed value contains NaN (use ``obs_mask`` for gaps);
+            when an observed value's shape differs from its distribution's shape.
+    """
+    kwargs = dict(kwargs or {})
+    prior_types = default_prior_types() if prior_types is None else tuple(prior_types)
+    tr = _run_trace(model, args, kwargs, None)
+    sites = _sample_sites(tr)
+    prior_sites = [n for n, s in sites.items() if isinstance(s["fn"], prior_types)]
+    type_names = " or ".join(t.__name__ for t in prior_types)
+    if not prior_sites:
+        raise ValueError(
+            f"the model has no trajectory site: expected one numpyro.sample site whose "
+            f"distribution is a {type_names}; sample sites found: {sorted(sites) or 'none'}"
+        )
+    if len(prior_sites) > 1:
+        raise ValueError(
+            f"the model has {len(prior_sites)} trajectory sites {prior_sites}; exactly one "
+            f"{type_names} site is supported"
+        )
+    prior_name = prior_sites[0]
+    if sites[prior_name]["is_observed"]:
+        raise ValueError(f"the trajectory site {prior_name!r} is observed; it must be latent")
+
+    observed: dict[str, Array] = {}
+    latent: list[str] = []
+    imputed: list[str] = []
+    for name, site in sites.items():
+        if name == prior_name:
+            continue
+        if site["is_observed"]:
+            value = jnp.asarray(site["value"])
+            fn = site["fn"]
+            expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
+            if expected and tuple(value.shape) != expected:
+                try:
+                    jnp.broadcast_shapes(value.shape, expected)
+                    ok = value.ndim <= len(expected)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise ValueError(
+                        f"observed site {name!r}: observations have shape {tuple(value.shape)} "
+                        f"but the model's distribution at that site has shape {expected}"
+                    )
+            if jnp.issubdtype(value.dtype, jnp.floating) and bool(jnp.any(jnp.isnan(value))):
+                raise ValueError(
+                    f"observed site {name!r} contains NaN at {int(jnp.sum(jnp.isnan(value)))} "
+                    f"entries; mark gaps with a mask and fill them with any finite value, e.g. "
+                    f"numpyro.sample({name!r}, d, obs=jnp.nan_to_num(y), obs_mask=~jnp.isnan(y))"
+                )
+            observed[name] = value
+        elif name.endswith("_unobserved") and f"{name[: -len('_unobserved')]}_observed" in sites:
+            imputed.append(name)
+        else:
+            latent.append(name)
+    if not observed:
+        raise ValueError(
+            "the model has no observed site: pass the observations as keyword arguments "
+            "(e.g. run(key, prior, y=y)) so that numpyro.sample(..., obs=y) sites are observed"
+        )
+    return TracedModel(
+        model=model, args=tuple(args), kwargs=kwargs, prior_name=prior_name,
+        prior=sites[prior_name]["fn"], observed=observed, latent=latent, imputed=imputed,
+        latent_values={n: sites[n]["value"] for n in latent},
+    )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from numpyro_sda._version import __version__
+from numpyro_sda._version import __version__ as __version__
 
 _LAZY = {
     # noise schedule and samplers

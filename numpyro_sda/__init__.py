@@ -34,7 +34,8 @@ _LAZY = {
     "SDA": "numpyro_sda.infer",
     # diagnostics
     "to_inference_data": "numpyro_sda.arviz_export",
-    "compare": "numpyro_sda.compare",
+    "compare": "numpyro_sda.comparison",
+    "to_markdown": "numpyro_sda.comparison",
 }
 
 _SUBMODULES = {
@@ -73,7 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static analysers only
     from numpyro_sda import baselines, data, metrics, plots, systems  # noqa: F401
     from numpyro_sda.arviz_export import to_inference_data  # noqa: F401
     from numpyro_sda.checkpoint import load_score, save_score  # noqa: F401
-    from numpyro_sda.compare import compare  # noqa: F401
+    from numpyro_sda.comparison import compare, to_markdown  # noqa: F401
     from numpyro_sda.infer import SDA  # noqa: F401
     from numpyro_sda.markov import MarkovPrior  # noqa: F401
     from numpyro_sda.prior import TrajectoryPrior  # noqa: F401

@@ -13,6 +13,7 @@ baselines (particle smoothers, EnKF/EnKS, 4D-Var, Kalman) use in place of the le
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -110,7 +111,7 @@ class MarkovPrior(dist.Distribution):
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
         sample_shape = tuple(sample_shape)
-        n = int(jnp.prod(jnp.array(sample_shape))) if sample_shape else 1
+        n = math.prod(sample_shape)
         xs = jax.vmap(self._sample_one)(jax.random.split(key, n))
         return xs.reshape(sample_shape + self.event_shape)
 
@@ -173,7 +174,7 @@ class SpunUpInitial(dist.Distribution):
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
         sample_shape = tuple(sample_shape)
-        n = int(jnp.prod(jnp.array(sample_shape))) if sample_shape else 1
+        n = math.prod(sample_shape)
 
         def one(k):
             k0, k = jax.random.split(k)

@@ -80,6 +80,7 @@ class TracedModel:
     latent: list[str]
     imputed: list[str] = field(default_factory=list)
     latent_values: dict[str, Array] = field(default_factory=dict)
+    prior_value: Array | None = None  # the prior draw made while tracing (a valid trajectory)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -211,4 +212,5 @@ def trace_model(
         model=model, args=tuple(args), kwargs=kwargs, prior_name=prior_name,
         prior=sites[prior_name]["fn"], observed=observed, latent=latent, imputed=imputed,
         latent_values={n: sites[n]["value"] for n in latent},
+        prior_value=sites[prior_name]["value"],
     )

@@ -48,6 +48,8 @@ _SUBMODULES = {
     "nets",
     "tracing",
     "results",
+    "pretrained",
+    "demo",
 }
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])

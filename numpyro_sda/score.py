@@ -1,0 +1,379 @@
+r"""Local (window) noise predictors and their composition over whole trajectories.
+
+For a Markov chain of order :math:`k`, the score of a whole trajectory :math:`x_{1:L}` is well
+approximated by scores of windows of :math:`2k + 1` consecutive states (Rozet & Louppe, 2023,
+arXiv:2306.10574, Section 3.2). A local network :math:`\varepsilon_\phi(x_{i-k:i+k}, t)` predicts
+the noise of a window; the noise prediction of the trajectory takes, for state :math:`i`,
+
+* the centre output of the window centred on :math:`i` when :math:`k < i \le L - k`,
+* the outer outputs of the first window for the first :math:`k` states and of the last window
+  for the last :math:`k` states,
+
+.. math:: \varepsilon(x_{1:L}, t)_i = \begin{cases}
+          \varepsilon_\phi(x_{1:2k+1}, t)_i & i \le k \\
+          \varepsilon_\phi(x_{i-k:i+k}, t)_{k+1} & k < i \le L - k \\
+          \varepsilon_\phi(x_{L-2k:L}, t)_{i - L + 2k + 1} & i > L - k.
+          \end{cases}
+
+All :math:`L - 2k` windows go through the network in one batched call. The kernel is either a
+:class:`~numpyro_sda.nets.ResMLP` on flattened windows (low-dimensional states) or a
+:class:`~numpyro_sda.nets.UNet` on windows stacked as channels (fields with state shape
+``(channels, *spatial)``, channel-first; optional constant context channels such as a forcing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import Array
+
+from numpyro_sda.nets import ResMLP, TimeEmbedding, UNet, _as_rngs
+from numpyro_sda.sde import VPSDE
+
+__all__ = ["LocalScore", "Constant", "unfold", "fold"]
+
+
+class Constant(nnx.Variable):
+    """A non-trainable array stored in a module (e.g. constant context channels)."""
+
+
+def unfold(x: Array, window: int) -> Array:
+    """All windows of ``window`` consecutive states: ``(L, *s) -> (L - window + 1, window, *s)``."""
+    n = x.shape[0] - window + 1
+    return jnp.stack([x[j : j + n] for j in range(window)], axis=1)
+
+
+def fold(e: Array, k: int) -> Array:
+    """Compose window outputs ``(L - 2k, 2k + 1, *s)`` into ``(L, *s)`` (see module docstring)."""
+    return jnp.concatenate([e[0, :k], e[:, k], e[-1, k + 1 :]], axis=0)
+
+
+class LocalScore(nnx.Module):
+    r"""A window noise predictor :math:`\varepsilon_\phi(x_{i-k:i+k}, t)` and its composition.
+
+    Build it with :meth:`mlp` (states are vectors) or :meth:`unet` (states are fields).
+
+    Attributes:
+        window: :math:`2k + 1`.
+        order: :math:`k`.
+        state_shape: shape of one state (``None`` entries for unspecified spatial sizes).
+        sde: the :class:`~numpyro_sda.sde.VPSDE` noise schedule the network is trained for.
+        config: the JSON-serialisable constructor configuration (used by checkpoints).
+        normalization: optional ``(mean, std)`` of the training data (numpy arrays), informative.
+
+    Calling ``score(x, t)`` on ONE trajectory ``x`` of shape ``(length, *state_shape)`` with
+    ``length >= window`` and a scalar ``t`` returns the composed noise prediction of the same
+    shape. :meth:`local` evaluates the network on a batch of windows; :meth:`eps_fn` returns a
+    pure function of ``(x, t)`` for use inside JAX transformations.
+    """
+
+    def __init__(self, config: dict[str, Any], *, rngs: nnx.Rngs | int = 0) -> None:
+        rngs = _as_rngs(rngs)
+        config = json.loads(json.dumps(config))  # normalise (tuples -> lists) and check it
+        kind = config.get("kind")
+        window = int(config["window"])
+        if window < 1 or window % 2 != 1:
+            raise ValueError(f"window must be a positive odd integer (2k+1), got {window}")
+        self.window = window
+        self.order = window // 2
+        self.sde = VPSDE(alpha=config.get("alpha", "cos"), eta=float(config.get("eta", 1e-3)))
+        embedding = int(config.get("embedding", 32))
+        self.embedding = TimeEmbedding(embedding, rngs=rngs)
+        if kind == "mlp":
+            features = int(config["features"])
+            if features < 1:
+                raise ValueError(f"features must be a positive integer, got {features}")
+            self.kind = "mlp"
+            self.state_shape = (features,)
+            width = window * features
+            self.network = ResMLP(
+                width + embedding,
+                width,
+                hidden=(int(config["hidden"]),) * int(config["depth"]),
+                activation=config.get("activation", "silu"),
+                rngs=rngs,
+            )
+            self.context = None
+        elif kind == "unet":
+            channels = int(config["channels"])
+            spatial = int(config["spatial"])
+            if channels < 1:
+                raise ValueError(f"channels must be a positive integer, got {channels}")
+            size = config.get("size")
+            context_channels = int(config.get("context_channels", 0))
+            self.kind = "unet"
+            self.state_shape = (channels, *(size if size is not None else (None,) * spatial))
+            self.network = UNet(
+                window * channels + context_channels,
+                window * channels,
+                embedding,
+                hidden_channels=config["hidden_channels"],
+                blocks=config["blocks"],
+                spatial=spatial,
+                kernel_size=int(config.get("kernel_size", 3)),
+                activation=config.get("activation", "silu"),
+                rngs=rngs,
+            )
+            if context_channels:
+                shape = (context_channels, *size)
+                self.context = Constant(jnp.zeros(shape, jnp.float32))
+            else:
+                self.context = None
+        else:
+            raise ValueError(f"unknown LocalScore kind {kind!r}; expected 'mlp' or 'unet'")
+        self._config = json.dumps(config, sort_keys=True)
+        self._normalization = "null"
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def mlp(
+        cls,
+        features: int,
+        window: int = 5,
+        hidden: int = 256,
+        depth: int = 5,
+        *,
+        embedding: int = 32,
+        activation: str = "silu",
+        sde: VPSDE | None = None,
+        rngs: nnx.Rngs | int = 0,
+    ) -> LocalScore:
+        """A ResMLP kernel on flattened windows of ``window`` states with ``features`` each.
+
+        The paper's Lorenz-63 configuration is ``LocalScore.mlp(3, window=5, hidden=256,
+        depth=5)`` (SiLU, 32 time-embedding features).
+        """
+        sde = VPSDE() if sde is None else sde
+        config = dict(
+            kind="mlp",
+            features=int(features),
+            window=int(window),
+            hidden=int(hidden),
+            depth=int(depth),
+            embedding=int(embedding),
+            activation=activation,
+            alpha=sde.alpha,
+            eta=sde.eta,
+        )
+        return cls(config, rngs=rngs)
+
+    @classmethod
+    def unet(
+        cls,
+        channels: int,
+        window: int = 5,
+        spatial: int = 2,
+        hidden_channels: Sequence[int] = (96, 192, 384),
+        blocks: Sequence[int] = (3, 3, 3),
+        context: Array | np.ndarray | None = None,
+        *,
+        size: int | Sequence[int] | None = None,
+        kernel_size: int = 3,
+        embedding: int = 64,
+        activation: str = "silu",
+        sde: VPSDE | None = None,
+        rngs: nnx.Rngs | int = 0,
+    ) -> LocalScore:
+        """A UNet kernel on windows stacked as channels; states have shape ``(channels, *size)``.
+
+        Args:
+            channels: channels of one state.
+            window: :math:`2k + 1`.
+            spatial: 1 or 2 spatial dimensions.
+            hidden_channels, blocks: UNet widths and residual blocks per level (the paper's
+                Kolmogorov configuration is ``(96, 192, 384)``, ``(3, 3, 3)``).
+            context: optional constant context channels of shape ``(context_channels, *size)``
+                (e.g. the Kolmogorov forcing), appended to every window's input.
+            size: spatial size(s) of a state; inferred from ``context`` when given, otherwise
+                optional (then ``state_shape`` has ``None`` entries and any size divisible by
+                ``2**(levels-1)`` is accepted).
+        """
+        sde = VPSDE() if sde is None else sde
+        if spatial not in (1, 2):
+            raise ValueError(f"spatial must be 1 or 2, got {spatial}")
+        if size is not None:
+            size = (int(size),) * spatial if np.ndim(size) == 0 else tuple(int(s) for s in size)
+            if len(size) != spatial:
+                raise ValueError(f"size {size} must have {spatial} entries (spatial={spatial})")
+        ctx = None
+        if context is not None:
+            ctx = jnp.asarray(context, jnp.float32)
+            if ctx.ndim != spatial + 1:
+                raise ValueError(
+                    f"context must have shape (context_channels, *size) with {spatial} spatial "
+                    f"axes, got {ctx.shape}"
+                )
+            if size is not None and tuple(ctx.shape[1:]) != size:
+                raise ValueError(f"context spatial shape {ctx.shape[1:]} != size {size}")
+            size = tuple(ctx.shape[1:])
+        config = dict(
+            kind="unet",
+            channels=int(channels),
+            window=int(window),
+            spatial=int(spatial),
+            hidden_channels=[int(c) for c in hidden_channels],
+            blocks=[int(b) for b in blocks],
+            size=None if size is None else list(size),
+            context_channels=0 if ctx is None else int(ctx.shape[0]),
+            kernel_size=int(kernel_size),
+            embedding=int(embedding),
+            activation=activation,
+            alpha=sde.alpha,
+            eta=sde.eta,
+        )
+        score = cls(config, rngs=rngs)
+        if ctx is not None:
+            score.context[...] = ctx
+        return score
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, rngs: nnx.Rngs | int = 0) -> LocalScore:
+        """Rebuild an (untrained) score from :attr:`config`."""
+        return cls(dict(config), rngs=rngs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor configuration (a fresh copy)."""
+        return json.loads(self._config)
+
+    @property
+    def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(mean, std)`` of the training data (float32 numpy arrays) when recorded, else None."""
+        norm = json.loads(self._normalization)
+        if norm is None:
+            return None
+        return np.asarray(norm[0], np.float32), np.asarray(norm[1], np.float32)
+
+    def set_normalization(self, normalization: tuple[Any, Any] | None) -> None:
+        """Record ``(mean, std)`` of the (physical) training data, or ``None`` to clear it."""
+        if normalization is None:
+            self._normalization = "null"
+            return
+        mean, std = (np.asarray(a, np.float64) for a in normalization)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+            raise ValueError("normalization (mean, std) must be finite with std > 0")
+        self._normalization = json.dumps([mean.tolist(), std.tolist()])
+
+    # ------------------------------------------------------------------ evaluation
+    def _check_state(self, shape: tuple[int, ...], what: str) -> None:
+        s = self.state_shape
+        got = tuple(shape)
+        ok = len(got) == len(s) and all(a is None or a == b for a, b in zip(s, got, strict=True))
+        if not ok:
+            raise ValueError(
+                f"{what} has state shape {got}, but this LocalScore expects {s} "
+                f"({'features' if self.kind == 'mlp' else '(channels, *spatial)'} mismatch)"
+            )
+
+    def local(self, w: Array, t: Array) -> Array:
+        """Noise prediction on a batch of windows.
+
+        Args:
+            w: windows of shape ``(B, window, *state_shape)``.
+            t: times of shape ``(B,)`` (or a scalar, broadcast).
+
+        Returns:
+            the predicted noise, shape ``(B, window, *state_shape)``.
+        """
+        w = jnp.asarray(w)
+        if w.ndim != 2 + len(self.state_shape) or w.shape[1] != self.window:
+            raise ValueError(
+                f"windows must have shape (batch, {self.window}, *{self.state_shape}), "
+                f"got {w.shape}"
+            )
+        self._check_state(w.shape[2:], "the windows")
+        b = w.shape[0]
+        t = jnp.broadcast_to(jnp.asarray(t, w.dtype), (b,))
+        e = self.embedding(t)
+        if self.kind == "mlp":
+            h = jnp.concatenate([w.reshape(b, -1), e.astype(w.dtype)], axis=-1)
+            return self.network(h).reshape(w.shape)
+        c = self.state_shape[0]
+        spatial = w.shape[3:]
+        h = w.reshape(b, self.window * c, *spatial)
+        h = jnp.moveaxis(h, 1, -1)  # (B, *spatial, window * C)
+        if self.context is not None:
+            ctx = jnp.moveaxis(self.context[...], 0, -1).astype(h.dtype)
+            if ctx.shape[:-1] != tuple(spatial):
+                raise ValueError(
+                    f"context spatial shape {ctx.shape[:-1]} != state spatial shape {spatial}"
+                )
+            h = jnp.concatenate([h, jnp.broadcast_to(ctx, (b, *ctx.shape))], axis=-1)
+        out = self.network(h, e)
+        return jnp.moveaxis(out, -1, 1).reshape(w.shape)
+
+    def __call__(self, x: Array, t: Array | float) -> Array:
+        """Composed noise prediction of ONE trajectory ``x`` ``(length, *state_shape)``."""
+        x = jnp.asarray(x)
+        if x.ndim != 1 + len(self.state_shape):
+            raise ValueError(
+                f"expected ONE trajectory of shape (length, *{self.state_shape}), got {x.shape}; "
+                "vmap over samples (see eps_fn)"
+            )
+        self._check_state(x.shape[1:], "the trajectory")
+        if x.shape[0] < self.window:
+            raise ValueError(
+                f"the window ({self.window} states) is longer than the trajectory "
+                f"({x.shape[0]} states)"
+            )
+        if jnp.ndim(t) != 0:
+            raise ValueError(f"t must be a scalar, got shape {jnp.shape(t)}")
+        windows = unfold(x, self.window)
+        return fold(self.local(windows, t), self.order)
+
+    def eps_fn(self) -> Callable[[Array, Array], Array]:
+        """A pure function ``eps(x, t)`` (one trajectory, scalar ``t``) with frozen weights.
+
+        It can be jitted, vmapped, scanned and differentiated; later changes to this module do
+        not affect it (call ``eps_fn()`` again after training).
+        """
+        graphdef, state = nnx.split(self)
+
+        def eps(x: Array, t: Array) -> Array:
+            return nnx.merge(graphdef, state)(x, t)
+
+        return eps
+
+    def sample(
+        self,
+        key: Array,
+        num_samples: int,
+        length: int,
+        *,
+        steps: int = 256,
+        corrections: int = 0,
+        tau: float = 0.25,
+    ) -> Array:
+        """Unconditional trajectories ``(num_samples, length, *state_shape)`` from the composed
+        prior by predictor-corrector reverse diffusion (:mod:`numpyro_sda.sampling`), compiled
+        as one :func:`jax.jit` call and vmapped over samples."""
+        from numpyro_sda.sampling import sample_trajectories
+
+        if any(s is None for s in self.state_shape):
+            raise ValueError(
+                f"state_shape {self.state_shape} has unspecified sizes; build the score with "
+                "size=... or call numpyro_sda.sampling.sample_trajectories with a full shape"
+            )
+        if length < self.window:
+            raise ValueError(
+                f"the window ({self.window} states) is longer than the trajectory ({length})"
+            )
+        shape = (int(length), *self.state_shape)
+        eps, sde = self.eps_fn(), self.sde
+
+        @jax.jit
+        def run(k):
+            return sample_trajectories(k, eps, num_samples, shape, sde, steps, corrections, tau)
+
+        return run(key)
+
+    def num_params(self) -> int:
+        """Number of trainable parameters."""
+        params = nnx.state(self, nnx.Param)
+        return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax import Array
 from numpyro.distributions import constraints
@@ -137,6 +138,21 @@ class TrajectoryPrior(dist.Distribution):
         super().__init__(
             batch_shape=(), event_shape=(length, *self.state_shape), validate_args=validate_args
         )
+
+    def eps_for_guidance(self, grad_states: Any = None) -> Callable[[Array, Array], Array]:
+        """The noise predictor, with gradients restricted to ``grad_states`` when possible.
+
+        For a composed :class:`~numpyro_sda.score.LocalScore`, only the windows producing the
+        states in the boolean mask ``grad_states`` (shape ``(length,)``) are differentiated (see
+        :meth:`LocalScore.eps_fn`): exact for likelihoods that depend on those states only, and
+        much cheaper when few states are observed. A plain callable is returned as it is.
+        """
+        if grad_states is None or self.score is None:
+            return self.eps
+        mask = np.asarray(grad_states, bool)
+        if mask.shape != (self.length,):
+            raise ValueError(f"grad_states must have shape ({self.length},), got {mask.shape}")
+        return self.score.eps_fn(mask)
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
         """Unconditional trajectories by predictor–corrector reverse diffusion (float32)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax import Array
 from numpyro import handlers
@@ -116,6 +117,24 @@ class TracedModel:
         if not lls:
             return jnp.zeros((), dtype=jnp.result_type(x))
         return sum(jnp.sum(v) for v in lls.values())
+
+    def dependent_states(self, num_probes: int = 2, seed: int = 0) -> np.ndarray:
+        r"""Which time steps the observation log-likelihood depends on, boolean ``(length,)``.
+
+        The gradient of :math:`\log p(y \mid x)` is evaluated at ``num_probes`` random
+        trajectories (standard normal, the scale of normalised states); a time step whose gradient
+        is exactly zero at every probe does not enter the likelihood (JAX differentiates slicing
+        and indexing exactly, so structural zeros are exact zeros; an accidental zero at a random
+        point has probability zero).
+        """
+        params = self.latent_values or None
+        grad = jax.jit(jax.grad(lambda x: self.log_likelihood(x, params)))
+        used = np.zeros(self.event_shape[0], bool)
+        for i in range(num_probes):
+            x = jax.random.normal(jax.random.PRNGKey(seed + i), self.event_shape, jnp.float32)
+            g = np.asarray(grad(x)).reshape(self.event_shape[0], -1)
+            used |= np.any(g != 0, axis=1) | ~np.all(np.isfinite(g), axis=1)
+        return used
 
     def posterior_predictive(
         self, key: Array, xs: Array, params: dict | None = None

@@ -386,6 +386,26 @@ def test_lorenz63_scenarios_with_learned_prior(lorenz, scenario):
     assert np.mean(z < 3) >= 0.8
 
 
+def test_sparse_guidance_equals_dense_on_learned_prior(lorenz):
+    """Differentiating only the windows of observed states changes nothing but the cost."""
+    system, prior, x_true = lorenz
+
+    def model(prior, y=None):
+        x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x[::8, :1], 0.05), obs=y)
+
+    y = x_true[::8, :1]
+    runs = {}
+    for sparse in (True, False):
+        sda = SDA(model, steps=8, corrections=1, progress=False, predictive=False,
+                  sparse_guidance=sparse)
+        runs[sparse] = sda.run(jax.random.key(3), prior, y=y, num_samples=8)
+    np.testing.assert_array_equal(np.flatnonzero(runs[True].observed_states),
+                                  np.arange(0, 65, 8))
+    np.testing.assert_allclose(runs[True].get_samples()["x"], runs[False].get_samples()["x"],
+                               rtol=1e-3, atol=1e-3)
+
+
 def test_gibbs_infers_unknown_noise_scale(lg):
     """Unknown observation noise s ~ HalfNormal(0.5): Gibbs (SDA for x, slice sampling for s)
     against the exact posterior of s on a grid (Gaussian evidence p(y | s))."""

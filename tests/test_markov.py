@@ -143,3 +143,14 @@ def test_trace_model_reports_other_latent_sites():
         traced.log_likelihood(x, {"noise": 2.0}), dist.Normal(0, 2.0).log_prob(0.0) * 5, rtol=1e-6)
     with handlers.seed(rng_seed=0):
         pass
+
+
+def test_dependent_states_of_sliced_strided_and_nonlinear_operators():
+    def model(prior, y=None, z=None):
+        x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x[1::3, 0], 0.1), obs=y)
+        numpyro.sample("z", dist.Normal(jnp.sin(x[-1, 0]) * x[4, 0], 0.1), obs=z)
+
+    prior = ar1(length=8)
+    traced = trace_model(model, (prior,), {"y": jnp.zeros(3), "z": jnp.array(0.0)})
+    np.testing.assert_array_equal(np.flatnonzero(traced.dependent_states()), [1, 4, 7])

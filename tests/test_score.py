@@ -134,3 +134,31 @@ def test_pretrained_unconditional_samples_have_realistic_transitions(lorenz):
     assert gaps[0] < 125.0, gaps
     assert gaps[1] < 22.0, gaps
     assert gaps[1] < gaps[0], gaps
+
+
+@pytest.mark.parametrize("observed", [[0, 8, 16], [1, 10, 19], [2], list(range(20))])
+def test_sparse_gradient_eps_is_exact_for_observed_cotangents(observed):
+    """eps_fn(grad_states) gives the same values and the same VJP for cotangents on those states."""
+    score = LocalScore.mlp(3, window=5, hidden=32, depth=2, rngs=0)
+    length = 20
+    mask = np.zeros(length, bool)
+    mask[observed] = True
+    dense, sparse = score.eps_fn(), score.eps_fn(mask)
+    x = jax.random.normal(jax.random.PRNGKey(0), (length, 3))
+    t = jnp.float32(0.3)
+    np.testing.assert_allclose(sparse(x, t), dense(x, t), rtol=1e-5, atol=1e-6)
+    cot = jax.random.normal(jax.random.PRNGKey(1), (length, 3)) * mask[:, None]
+    g_dense = jax.vjp(lambda z: dense(z, t), x)[1](cot)[0]
+    g_sparse = jax.vjp(lambda z: sparse(z, t), x)[1](cot)[0]
+    np.testing.assert_allclose(g_sparse, g_dense, rtol=1e-4, atol=1e-5)
+    # a cotangent on a state produced by a window that no observed state needs is not propagated
+    from numpyro_sda.score import windows_of_states
+
+    active = windows_of_states(mask, 5)
+    produced_by = np.clip(np.arange(length) - 2, 0, length - 5)
+    idle = [i for i in range(length) if not active[produced_by[i]]]
+    for i in idle[:2]:
+        probe = jnp.zeros((length, 3)).at[i].set(1.0)
+        assert np.all(np.asarray(jax.vjp(lambda z: sparse(z, t), x)[1](probe)[0]) == 0)
+    with pytest.raises(ValueError, match="built for trajectories of 20 states"):
+        sparse(jnp.zeros((21, 3)), t)

@@ -32,7 +32,7 @@ import numpyro.distributions as dist
 from jax import Array
 from numpyro.distributions import constraints
 
-from numpyro_sda.sampling import sample_trajectories
+from numpyro_sda.sampling import check_sampler_settings, sample_trajectories
 from numpyro_sda.sde import VPSDE
 
 __all__ = ["TrajectoryPrior", "gaussian_eps"]
@@ -119,12 +119,7 @@ class TrajectoryPrior(dist.Distribution):
             )
         if isinstance(state_shape, int):
             state_shape = (state_shape,)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if corrections < 0:
-            raise ValueError(f"corrections must be >= 0, got {corrections}")
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+        check_sampler_settings(steps, corrections, tau)
         self.eps = eps
         self.length = length
         self.state_shape = tuple(int(s) for s in state_shape)

@@ -27,10 +27,20 @@ from jax import Array
 
 from numpyro_sda.sde import VPSDE
 
-__all__ = ["predictor_corrector", "sample_trajectories", "EpsFn"]
+__all__ = ["predictor_corrector", "sample_trajectories", "check_sampler_settings", "EpsFn"]
 
 EpsFn = Callable[[Array, Array], Array]
 """A noise predictor ``eps(x_t, t)`` over one whole trajectory ``x_t`` and a scalar ``t``."""
+
+
+def check_sampler_settings(steps: int, corrections: int, tau: float) -> None:
+    """Validate the predictor–corrector settings (clear errors naming the setting)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if corrections < 0:
+        raise ValueError(f"corrections must be >= 0, got {corrections}")
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
 
 
 def predictor_corrector(
@@ -59,12 +69,7 @@ def predictor_corrector(
     Returns:
         the sample at :math:`t = 0`, of shape ``shape``.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if corrections < 0:
-        raise ValueError(f"corrections must be >= 0, got {corrections}")
-    if tau <= 0:
-        raise ValueError(f"tau must be positive, got {tau}")
+    check_sampler_settings(steps, corrections, tau)
     sde = VPSDE() if sde is None else sde
     key, init_key = jax.random.split(key)
     x = jax.random.normal(init_key, shape, dtype) if x_init is None else jnp.asarray(x_init, dtype)

@@ -36,6 +36,7 @@ from flax import nnx
 from jax import Array
 
 from numpyro_sda.checkpoint import load_checkpoint, save_score
+from numpyro_sda.data import sample_windows
 from numpyro_sda.score import LocalScore
 
 __all__ = [
@@ -127,19 +128,6 @@ def as_trajectories(data: Any, name: str, score: LocalScore) -> jnp.ndarray:
     return jnp.asarray(x)
 
 
-def _sample_windows(key: Array, data: Array, batch: int, window: int) -> Array:
-    n, length = data.shape[0], data.shape[1]
-    ki, ks = jax.random.split(key)
-    idx = jax.random.randint(ki, (batch,), 0, n)
-    start = jax.random.randint(ks, (batch,), 0, length - window + 1)
-    zeros = (0,) * (data.ndim - 2)
-
-    def one(i, s):
-        return jax.lax.dynamic_slice(data, (i, s, *zeros), (1, window, *data.shape[2:]))[0]
-
-    return jax.vmap(one)(idx, start)
-
-
 def dsm_loss(model: LocalScore, w: Array, t: Array, eps: Array) -> Array:
     r"""Mean of :math:`(\varepsilon_\phi(\mu(t) w + \sigma(t) \varepsilon, t) - \varepsilon)^2`."""
     shape = (-1,) + (1,) * (w.ndim - 1)
@@ -171,7 +159,7 @@ def make_chunk_fn(
         def one_step(carry, _):
             p, o, e, n = carry
             kw, kt, ke = jax.random.split(jax.random.fold_in(key, n), 3)
-            w = _sample_windows(kw, data, batch_size, window)
+            w = sample_windows(kw, data, window, batch_size)
             t = jax.random.uniform(kt, (batch_size,), w.dtype)
             eps = jax.random.normal(ke, w.shape, w.dtype)
             loss, grads = jax.value_and_grad(loss_fn)(p, rest, w, t, eps)
@@ -197,7 +185,7 @@ def _compiled_chunk(graphdef, batch_size, window, ema, steps, lr, weight_decay, 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _validation_set(key: Array, data: Array, size: int, window: int):
     kw, kt, ke = jax.random.split(key, 3)
-    w = _sample_windows(kw, data, size, window)
+    w = sample_windows(kw, data, window, size)
     t = jax.random.uniform(kt, (size,), w.dtype)
     return w, t, jax.random.normal(ke, w.shape, w.dtype)
 

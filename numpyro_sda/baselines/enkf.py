@@ -38,12 +38,10 @@ from jax import Array
 
 from numpyro_sda.baselines.timesplit import (
     check_baseline_model,
-    dependence_times,
+    gaussian_markov_split,
     gaussian_sites,
     observed_flat,
     posterior_predictive,
-    probe_points,
-    split_over_time,
 )
 from numpyro_sda.results import InferenceMethod
 from numpyro_sda.tracing import trace_model
@@ -121,18 +119,7 @@ class _EnsembleKalman(InferenceMethod):
     def _prepare(self, key, traced, prior):
         L, shape = prior.length, prior.state_shape
         size = int(np.prod(shape, dtype=int))
-        points = probe_points(traced, key)
-
-        def loc_of(x):
-            return gaussian_sites(traced, x)[0]
-
-        first, last = dependence_times(loc_of, points, key=jax.random.fold_in(key, 1))
-        split = split_over_time(first, last, L)
-        if split.lag > 1:
-            raise ValueError(
-                f"{type(self).__name__} needs every observed element to depend on one time step "
-                "(a Markov observation model); " + split.describe_nonmarkov()
-            )
+        points, loc_of, split = gaussian_markov_split(traced, key, type(self).__name__)
         _, r0, m0 = gaussian_sites(traced, points[0])
         _, r1, _ = gaussian_sites(traced, points[1])
         if float(jnp.max(jnp.abs(r1 - r0))) > 1e-5 * float(jnp.max(jnp.abs(r0))):

@@ -31,12 +31,10 @@ from jax import Array
 
 from numpyro_sda.baselines.timesplit import (
     check_baseline_model,
-    dependence_times,
+    gaussian_markov_split,
     gaussian_sites,
     observed_flat,
     posterior_predictive,
-    probe_points,
-    split_over_time,
 )
 from numpyro_sda.results import InferenceMethod
 from numpyro_sda.tracing import trace_model
@@ -64,18 +62,7 @@ def linear_observations(traced, key: Array, rtol: float = 1e-4) -> LinearObserva
     if len(shape) != 1:
         raise ValueError(f"KalmanSmoother needs vector states, got state shape {shape}")
     d = shape[0]
-    points = probe_points(traced, key)
-
-    def loc_of(x):
-        return gaussian_sites(traced, x)[0]
-
-    first, last = dependence_times(loc_of, points, key=jax.random.fold_in(key, 1))
-    split = split_over_time(first, last, L)
-    if split.lag > 1:
-        raise ValueError(
-            "KalmanSmoother needs every observed element to depend on one time step; "
-            + split.describe_nonmarkov()
-        )
+    points, loc_of, split = gaussian_markov_split(traced, key, "KalmanSmoother")
     x0 = jnp.zeros((L, d), points.dtype)
 
     @jax.jit

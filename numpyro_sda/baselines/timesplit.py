@@ -305,3 +305,27 @@ def observed_flat(traced: TracedModel, x: Array) -> Array:
 def posterior_predictive(traced: TracedModel, key: Array, xs: Array) -> dict[str, Array]:
     """:meth:`TracedModel.posterior_predictive` compiled as one function."""
     return jax.jit(lambda k, x: traced.posterior_predictive(k, x))(key, xs)
+
+
+def gaussian_markov_split(
+    traced: TracedModel, key: Array, method: str
+) -> tuple[Array, Callable[[Array], Array], TimeSplit]:
+    """Probe points, the observation-mean function and a one-step (Markov) time split.
+
+    Shared by the Gaussian-observation baselines (EnKF/EnKS, Kalman), which need every observed
+    element to depend on exactly one time step. Raises a ``ValueError`` naming ``method`` and
+    the offending element otherwise.
+    """
+    points = probe_points(traced, key)
+
+    def loc_of(x: Array) -> Array:
+        return gaussian_sites(traced, x)[0]
+
+    first, last = dependence_times(loc_of, points, key=jax.random.fold_in(key, 1))
+    split = split_over_time(first, last, traced.prior.length)
+    if split.lag > 1:
+        raise ValueError(
+            f"{method} needs every observed element to depend on one time step "
+            "(a Markov observation model); " + split.describe_nonmarkov()
+        )
+    return points, loc_of, split

@@ -101,10 +101,14 @@ class DynamicalSystem(ABC):
         m, s = self._stats()
         return x * s + m
 
+    def _initial_states(self, key: Array, num: int) -> Array:
+        """``num`` draws of the initial state used by :meth:`simulate` (float32)."""
+        return self.initial_distribution().sample(key, (num,)).astype(jnp.float32)
+
     @partial(jax.jit, static_argnums=(0, 2, 3, 4))
     def _simulate(self, key: Array, num: int, length: int, burn_in: int) -> Array:
         k0, k1 = jax.random.split(key)
-        x0 = self.initial_distribution().sample(k0, (num,)).astype(jnp.float32)
+        x0 = self._initial_states(k0, num)
 
         def advance(x, k):
             keys = jax.random.split(k, num)

@@ -34,8 +34,6 @@ units of burn-in and checked against a fresh simulation by ``tests/test_pde_syst
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,23 +110,9 @@ class KuramotoSivashinsky(DynamicalSystem):
             return jax.vmap(self.step)(x.reshape(-1, *self.state_shape)).reshape(x.shape)
         return jax.lax.fori_loop(0, self.substeps, lambda _, u: self._stepper(u), x)
 
-    @partial(jax.jit, static_argnums=(0, 2, 3, 4))
-    def _simulate(self, key: Array, num: int, length: int, burn_in: int) -> Array:
-        k0, k1 = jax.random.split(key)
-        x0 = self.initial_distribution().sample(k0, (num,)).astype(jnp.float32)
-        x0 = x0 - jnp.mean(x0, axis=-1, keepdims=True)  # the conserved mean is set to zero
-
-        def advance(x, k):
-            keys = jax.random.split(k, num)
-            x = jax.vmap(self.transition)(keys, x).astype(jnp.float32)
-            return x, x
-
-        kb, kt = jax.random.split(k1)
-        x, _ = jax.lax.scan(advance, x0, jax.random.split(kb, burn_in))
-        if length == 1:
-            return x[:, None]
-        _, rest = jax.lax.scan(advance, x, jax.random.split(kt, length - 1))
-        return jnp.concatenate([x[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
+    def _initial_states(self, key: Array, num: int) -> Array:
+        x0 = super()._initial_states(key, num)
+        return x0 - jnp.mean(x0, axis=-1, keepdims=True)  # the conserved mean is set to zero
 
     def __hash__(self) -> int:
         return hash((type(self), self.domain_length, self.num_points, self.dt, self.substeps,

@@ -8,7 +8,8 @@ The number of optimiser steps is fitted to a wall-time budget: a short warm-up r
 throughput, then ``steps = throughput * remaining budget`` so that the learning rate decays to
 zero within the budget (``--steps`` overrides). The weights are saved without optimiser state.
 
-    python examples/train_lorenz63.py --budget 600 --output lorenz63_window5.npz
+    python examples/train_lorenz63.py --budget 600 --window 5   # -> lorenz63_window5.npz
+    python examples/train_lorenz63.py --budget 900 --window 9   # -> lorenz63_window9.npz
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=600.0, help="wall-time budget (s)")
     parser.add_argument("--steps", type=int, default=None, help="fixed number of steps")
-    parser.add_argument("--output", default="lorenz63_window5.npz")
+    parser.add_argument("--window", type=int, default=5, help="window 2k+1 of the local score")
+    parser.add_argument("--output", default=None, help="default: lorenz63_window<W>.npz")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (for --resume)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,11 +52,12 @@ def main() -> None:
     system, train, valid, _ = make_data(args.seed)
     print(f"data: train {train.shape}, valid {valid.shape} ({time.perf_counter() - t_start:.1f} s)")
 
-    config = dict(window=5, hidden=256, depth=5, batch_size=64, lr=1e-3, weight_decay=1e-3)
+    output = args.output or f"lorenz63_window{args.window}.npz"
+    config = dict(window=args.window, hidden=256, depth=5, batch_size=64, lr=1e-3, weight_decay=1e-3)
     steps = args.steps
     if steps is None:
         # throughput probe on a throw-away model: time chunks 2-3 (after compilation)
-        probe = LocalScore.mlp(3, window=5, hidden=256, depth=5, rngs=args.seed + 1)
+        probe = LocalScore.mlp(3, window=args.window, hidden=256, depth=5, rngs=args.seed + 1)
         h = train_score(
             probe, train, valid, steps=1500, chunk=500, progress=False, valid_size=64
         ).history
@@ -63,7 +66,7 @@ def main() -> None:
         steps = max(1000, int(0.9 * rate * remaining) // 1000 * 1000)
         print(f"throughput probe: {rate:.0f} steps/s -> {steps} steps")
 
-    score = LocalScore.mlp(3, window=5, hidden=256, depth=5, rngs=args.seed)
+    score = LocalScore.mlp(3, window=args.window, hidden=256, depth=5, rngs=args.seed)
     result = train_score(
         score,
         train,
@@ -92,9 +95,9 @@ def main() -> None:
         data="Lorenz63(): 1024 x 1024 after 1024 burn-in, normalised, 80/10/10 split",
         seed=args.seed,
     )
-    save_score(args.output, result.score, config=info, normalization=(system.mean, system.std))
+    save_score(output, result.score, config=info, normalization=(system.mean, system.std))
     print(json.dumps(info, indent=1))
-    print(f"saved {args.output}")
+    print(f"saved {output}")
 
 
 if __name__ == "__main__":

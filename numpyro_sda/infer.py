@@ -7,12 +7,19 @@ Algorithm 2): the prior's noise predictor is replaced by
 
 .. math:: \varepsilon_y(x_t, t) = \varepsilon(x_t, t) - \sigma(t)\, \nabla_{x_t} \log p(y \mid x_t),
 
-with the likelihood score approximated as described in :mod:`numpyro_sda.guidance` (``"sda"``,
-``"dps"`` or ``"mmps"``). The model is traced with NumPyro effect handlers
-(:mod:`numpyro_sda.tracing`), so any observation operator, several observed sites, ``obs_mask``
-gaps and non-Gaussian families written in the model are used as they are. The whole reverse
-diffusion is one jitted :func:`jax.lax.scan`, vmapped over draws and run in chunks of
-``chunk_size`` draws (compiled once; the last chunk is padded).
+with the likelihood score approximated by a :class:`~numpyro_sda.guidance.Guidance`
+(:class:`~numpyro_sda.guidance.MMPS` by default, :class:`~numpyro_sda.guidance.SDAGuidance`,
+:class:`~numpyro_sda.guidance.DPS`). The model is traced with NumPyro effect handlers
+(:mod:`numpyro_sda.tracing`, :mod:`numpyro_sda.observation`), so any observation operator,
+several observed sites, ``obs_mask`` gaps and non-Gaussian families written in the model are used
+as they are. The guided denoiser is kept inside the range of the prior's training data
+(:func:`~numpyro_sda.guidance.bounded`), so no draw can diverge.
+
+**Execution.** One reverse step (predictor and corrections) over a chunk of draws is one compiled
+function; the observed values and every other array argument of the model are *arguments* of that
+function, so a new observation set of the same shapes reuses the compiled code. Python drives the
+steps: a progress bar over diffusion steps with an ETA, and Ctrl-C stops within one step, keeping
+the chunks of draws that finished.
 
 **Other latent sites** :math:`\theta` (e.g. an unknown observation noise scale with its own
 prior) are inferred with ``gibbs_sweeps > 0`` by Gibbs sampling, each draw being one chain:
@@ -28,9 +35,11 @@ that names them (or fix them with :func:`numpyro.handlers.condition`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -39,23 +48,136 @@ import numpy as np
 from jax import Array
 from numpyro import handlers
 
-from numpyro_sda.guidance import GUIDANCES, ObservationModel, guided_eps
+from numpyro_sda.guidance import MMPS, Guidance, SDAGuidance, bounded, resolve
+from numpyro_sda.observation import ObservationModel, placeholder_prior, site_log_prob, trace_given
 from numpyro_sda.prior import TrajectoryPrior
 from numpyro_sda.results import InferenceMethod
-from numpyro_sda.sampling import predictor_corrector
+from numpyro_sda.sampling import (
+    check_sampler_settings,
+    diffusion_times,
+    predictor_corrector,
+    reverse_step,
+)
 from numpyro_sda.tracing import TracedModel, trace_model
 
-__all__ = ["SDA"]
+__all__ = ["SDA", "SDASettings", "DEFAULT_GUIDANCE"]
+
+DEFAULT_GUIDANCE = MMPS()
+"""The default guidance (see the closing ablation in ``benchmarks/sampling.py``)."""
 
 
-def _placeholder_prior(msg: dict) -> Array | None:
-    """Stand in zeros for TrajectoryPrior draws while tracing (only shapes are needed)."""
-    fn = msg.get("fn")
-    if msg.get("type") == "sample" and isinstance(fn, TrajectoryPrior) and msg.get("value") is None:
-        return jnp.zeros(fn.shape(), jnp.float32)
-    return None
+def _as_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
+@dataclass(frozen=True)
+class SDASettings:
+    """The settings of :class:`SDA` (see its docstring)."""
+
+    steps: int = 64
+    corrections: int = 1
+    tau: float = 0.25
+    guidance: Guidance = DEFAULT_GUIDANCE
+    bounds: Any = "auto"
+    chunk_size: int = 1024
+    progress: bool = True
+    predictive: bool = True
+    sparse_guidance: bool = True
+    gibbs_sweeps: int = 0
+    slice_updates: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", _as_int(self.steps, "steps", 1))
+        object.__setattr__(self, "corrections", _as_int(self.corrections, "corrections", 0))
+        object.__setattr__(self, "chunk_size", _as_int(self.chunk_size, "chunk_size", 1))
+        object.__setattr__(self, "gibbs_sweeps", _as_int(self.gibbs_sweeps, "gibbs_sweeps", 0))
+        object.__setattr__(self, "slice_updates", _as_int(self.slice_updates, "slice_updates", 1))
+        check_sampler_settings(self.steps, self.corrections, self.tau)
+        object.__setattr__(self, "guidance", resolve(self.guidance))
+        b = self.bounds
+        if not (b is None or (isinstance(b, str) and b == "auto")):
+            try:
+                lo, hi = (np.asarray(v, np.float32) for v in b)
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"bounds must be 'auto', None or a pair (lower, upper), got {b!r}") from err
+            if not np.all(lo < hi):
+                raise ValueError("bounds: every lower bound must be below its upper bound")
+
+
+def _legacy_guidance(guidance: Any, gamma, zeta, cg_maxiter, cg_tol) -> Any:
+    """Map the old per-method keywords onto a guidance object (deprecated)."""
+    legacy = {k: v for k, v in dict(gamma=gamma, zeta=zeta, cg_maxiter=cg_maxiter,
+                                    cg_tol=cg_tol).items() if v is not None}
+    if not legacy:
+        return guidance
+    warnings.warn(
+        f"SDA({', '.join(legacy)}=...) is deprecated: pass a guidance object, e.g. "
+        "guidance=SDAGuidance(gamma=...), DPS(zeta=...) or MMPS(iterations=...)",
+        DeprecationWarning, stacklevel=3)
+    name = guidance if isinstance(guidance, str) else getattr(guidance, "name", None)
+    allowed = {"sda": {"gamma"}, "dps": {"zeta"}, "mmps": {"cg_maxiter", "cg_tol"}}.get(name, set())
+    wrong = set(legacy) - allowed
+    if wrong or not isinstance(guidance, str):
+        raise ValueError(f"{sorted(wrong or legacy)} do not apply to guidance {guidance!r}")
+    if name == "sda":
+        return SDAGuidance(gamma=float(legacy["gamma"]))
+    if name == "dps":
+        from numpyro_sda.guidance import DPS
+
+        return DPS(zeta=float(legacy["zeta"]))
+    return MMPS(iterations=_as_int(legacy.get("cg_maxiter", 1), "cg_maxiter", 1), solver="cg")
+
+
+# ------------------------------------------------------------------------------- arguments
+def _static_key(leaf: Any) -> Any:
+    try:
+        hash(leaf)
+        return (type(leaf), leaf)
+    except TypeError:
+        return (type(leaf), id(leaf))
+
+
+class _Arguments:
+    """The model's arguments split into array leaves (inputs of the compiled code) and the rest
+    (static: part of the compilation key)."""
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        leaves, self.treedef = jax.tree_util.tree_flatten((tuple(args), dict(kwargs)))
+        self.dynamic_index = [i for i, v in enumerate(leaves)
+                              if isinstance(v, (jax.Array, np.ndarray))]
+        self.leaves = leaves
+        self.dynamic = [jnp.asarray(leaves[i]) for i in self.dynamic_index]
+
+    @property
+    def key(self) -> tuple:
+        dyn = set(self.dynamic_index)
+        static = tuple(None if i in dyn else _static_key(v) for i, v in enumerate(self.leaves))
+        shapes = tuple((tuple(v.shape), str(v.dtype)) for v in self.dynamic)
+        return (self.treedef, static, shapes)
+
+    def rebuild(self, dynamic: list) -> tuple[tuple, dict]:
+        leaves = list(self.leaves)
+        for i, v in zip(self.dynamic_index, dynamic, strict=True):
+            leaves[i] = v
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def _rebind(traced: TracedModel, args: tuple, kwargs: dict) -> TracedModel:
+    """``traced`` with new model arguments; observed values re-read from a (traceable) trace."""
+    x0 = jnp.zeros(traced.event_shape, jnp.float32)
+    data = {traced.prior_name: x0, **traced.latent_values}
+    tr = trace_given(traced.model, args, kwargs, data)
+    observed = {name: tr[name]["value"] for name in traced.observed}
+    return dataclasses.replace(traced, args=tuple(args), kwargs=dict(kwargs), observed=observed)
+
+
+# ------------------------------------------------------------------------------- the method
 class SDA(InferenceMethod):
     r"""Posterior trajectories of a NumPyro model by score-based data assimilation.
 
@@ -65,26 +187,27 @@ class SDA(InferenceMethod):
         steps: number of reverse-diffusion (predictor) steps :math:`S`.
         corrections: Langevin corrections :math:`C` per step.
         tau: Langevin step size factor :math:`\tau`.
-        guidance: ``"sda"`` (variance inflation), ``"dps"`` or ``"mmps"`` (Tweedie covariance
-            with conjugate gradient); see :mod:`numpyro_sda.guidance`.
-        gamma: the ``"sda"`` inflation :math:`\gamma`.
-        zeta: the ``"dps"`` step size :math:`\zeta`.
-        cg_maxiter, cg_tol: conjugate-gradient iterations and tolerance of ``"mmps"``.
-        chunk_size: draws per compiled batch (memory bound); ``num_samples`` is split in
-            chunks of this size, the last one padded so that nothing recompiles.
-        progress: show a tqdm bar over chunks.
+        guidance: a :class:`~numpyro_sda.guidance.Guidance` (``MMPS(...)``,
+            ``SDAGuidance(gamma)``, ``DPS(zeta)``) or its name as a shorthand with defaults.
+        bounds: the box the guided denoiser is kept in: ``"auto"`` (the range of the prior's
+            training data, recorded by :func:`~numpyro_sda.train.train_score`, widened by 10%
+            of its span; no box when the prior records none), ``None`` (no box), or
+            ``(lower, upper)`` broadcastable to one trajectory.
+        chunk_size: draws per compiled batch (memory bound); the last chunk is padded so that
+            nothing recompiles.
+        progress: show a progress bar over diffusion steps.
         predictive: also draw the observed sites given each posterior trajectory.
         sparse_guidance: differentiate the composed local score only through the windows that
-            produce the states the likelihood depends on (found by
-            :meth:`~numpyro_sda.tracing.TracedModel.dependent_states`). Exact, and with sparse
-            observations several times cheaper per step; it has no effect on analytic scores.
+            produce the states the likelihood depends on (exact; several times cheaper with
+            sparse observations).
         gibbs_sweeps: Gibbs sweeps used to infer latent sites other than the trajectory (see
             the module docstring); 0 refuses such models.
         slice_updates: slice-sampling passes over those sites per sweep.
 
     After :meth:`run`, :meth:`get_samples` returns ``{prior_site: (num_samples, L, *S)}``;
-    ``sample_stats["log_likelihood"]`` holds :math:`\log p(y \mid x)` of every draw and
-    ``posterior_predictive`` the re-simulated observed sites.
+    ``sample_stats`` holds per draw ``log_likelihood`` (:math:`\log p(y \mid x)`),
+    ``diverging`` (non-finite), ``out_of_range`` (outside the training range) and
+    ``chi2`` (mean squared standardised residual of the Gaussian view of the observations).
 
     Example::
 
@@ -92,7 +215,7 @@ class SDA(InferenceMethod):
             x = numpyro.sample("x", prior)
             numpyro.sample("y", dist.Normal(x[::8, :1], 0.05), obs=y)
 
-        sda = SDA(model, steps=256, corrections=1).run(key, prior, y=y, num_samples=1024)
+        sda = SDA(model).run(key, prior, y=y, num_samples=1024)
         xs = sda.get_samples()["x"]
     """
 
@@ -101,52 +224,45 @@ class SDA(InferenceMethod):
     def __init__(
         self,
         model,
-        steps: int = 256,
-        corrections: int = 1,
-        tau: float = 0.25,
-        guidance: str = "sda",
-        gamma: float = 3e-2,
-        zeta: float = 1.0,
-        cg_maxiter: int = 8,
-        cg_tol: float = 1e-6,
+        steps: int = SDASettings.steps,
+        corrections: int = SDASettings.corrections,
+        tau: float = SDASettings.tau,
+        guidance: Guidance | str = DEFAULT_GUIDANCE,
+        bounds: Any = "auto",
         chunk_size: int = 1024,
         progress: bool = True,
         predictive: bool = True,
         gibbs_sweeps: int = 0,
         slice_updates: int = 1,
         sparse_guidance: bool = True,
+        *,
+        gamma: float | None = None,
+        zeta: float | None = None,
+        cg_maxiter: int | None = None,
+        cg_tol: float | None = None,
     ) -> None:
-        if guidance not in GUIDANCES:
-            raise ValueError(f"unknown guidance {guidance!r}; expected one of {GUIDANCES}")
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if int(corrections) < 0:
-            raise ValueError(f"corrections must be >= 0, got {corrections}")
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        if int(cg_maxiter) < 1:
-            raise ValueError(f"cg_maxiter must be >= 1, got {cg_maxiter}")
-        if int(gibbs_sweeps) < 0 or int(slice_updates) < 1:
-            raise ValueError("gibbs_sweeps must be >= 0 and slice_updates >= 1")
-        super().__init__(
-            model, steps=int(steps), corrections=int(corrections), tau=float(tau),
-            guidance=guidance, gamma=float(gamma), zeta=float(zeta), cg_maxiter=int(cg_maxiter),
-            cg_tol=float(cg_tol), chunk_size=int(chunk_size), progress=bool(progress),
-            predictive=bool(predictive), gibbs_sweeps=int(gibbs_sweeps),
-            slice_updates=int(slice_updates), sparse_guidance=bool(sparse_guidance),
+        guidance = _legacy_guidance(guidance, gamma, zeta, cg_maxiter, cg_tol)
+        settings = SDASettings(
+            steps=steps, corrections=corrections, tau=float(tau), guidance=guidance,
+            bounds=bounds, chunk_size=chunk_size, progress=bool(progress),
+            predictive=bool(predictive), sparse_guidance=bool(sparse_guidance),
+            gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates,
         )
+        super().__init__(model, **{f.name: getattr(settings, f.name)
+                                   for f in dataclasses.fields(settings)})
+        self.config = settings
         self.observed_states: np.ndarray | None = None  # set by run(): states y depends on
         self.traced: TracedModel | None = None
-        self._cache: tuple | None = None
+        self.interrupted = False
+        self._cache: dict = {}
 
     # ------------------------------------------------------------------------------------
     def trace(self, *model_args: Any, **model_kwargs: Any) -> TracedModel:
         """Trace the model (no sampling) and check that SDA supports it."""
-        model = handlers.substitute(self.model, substitute_fn=_placeholder_prior)
+        from numpyro_sda.tracing import default_prior_types
+
+        model = handlers.substitute(self.model,
+                                    substitute_fn=placeholder_prior(default_prior_types()))
         try:
             traced = trace_model(model, model_args, model_kwargs)
         except (ValueError, TypeError) as err:
@@ -161,7 +277,7 @@ class SDA(InferenceMethod):
                 f"{type(traced.prior).__name__}; models with a MarkovPrior are for the "
                 "baselines (numpyro_sda.baselines)"
             )
-        if traced.latent and self.settings["gibbs_sweeps"] == 0:
+        if traced.latent and self.config.gibbs_sweeps == 0:
             raise ValueError(
                 f"the model has latent sites other than the trajectory {traced.prior_name!r}: "
                 f"{traced.latent}. Infer them with SDA(..., gibbs_sweeps=K) (Gibbs sampling: "
@@ -170,50 +286,110 @@ class SDA(InferenceMethod):
             )
         return traced
 
-    def _sampler(self, traced: TracedModel, chunk: int, key_args: tuple):
-        cache_key = (chunk, *key_args)
-        if self._cache is not None:
-            k, v = self._cache
-            if len(k) == len(cache_key) and all(a is b for a, b in zip(k, cache_key, strict=True)):
-                return v
-        s = self.settings
+    def box(self, prior: TrajectoryPrior) -> tuple[Array, Array] | None:
+        """The box of the guided denoiser (see ``bounds``), or ``None``."""
+        b = self.config.bounds
+        if b is None:
+            return None
+        if isinstance(b, str):
+            rng = getattr(prior.score, "data_range", None) if prior.score is not None else None
+            if rng is None:
+                return None
+            lo, hi = (np.asarray(v, np.float32) for v in rng)
+            margin = 0.1 * (hi - lo)
+            lo, hi = lo - margin, hi + margin
+            extra = (1,) * (len(prior.state_shape) - 1)  # channel-first fields
+            lo, hi = lo.reshape(lo.shape + extra), hi.reshape(hi.shape + extra)
+        else:
+            lo, hi = (np.asarray(v, np.float32) for v in b)
+        return jnp.asarray(lo), jnp.asarray(hi)
+
+    def _guided(self, traced: TracedModel, obs: ObservationModel, grad_states, params=None):
         prior: TrajectoryPrior = traced.prior
-        obs = ObservationModel(traced)
-        # differentiate only the windows that produce observed states (exact; see
-        # LocalScore.eps_fn): the guidance's backward pass shrinks with the observed fraction
-        grad_states = traced.dependent_states() if s["sparse_guidance"] else None
-        self.observed_states = grad_states
-        eps_y = guided_eps(
-            prior.eps_for_guidance(grad_states), prior.sde, obs, s["guidance"], gamma=s["gamma"], zeta=s["zeta"],
-            cg_maxiter=s["cg_maxiter"], cg_tol=s["cg_tol"],
-        )
+        eps_y = self.config.guidance(prior.eps_for_guidance(grad_states), prior.sde, obs, params)
+        box = self.box(prior)
+        if box is not None:
+            eps_y = bounded(eps_y, prior.sde, *box)
+        return eps_y
+
+    def _build(self, traced: TracedModel, arguments: _Arguments, chunk: int) -> dict:
+        """Compile (once per model structure, argument shapes and chunk size) the step and the
+        per-draw diagnostics; cached."""
+        key = (id(self.model), arguments.key, chunk)
+        if key in self._cache:
+            return self._cache[key]
+        s = self.config
+        prior: TrajectoryPrior = traced.prior
+        obs0 = ObservationModel(traced)  # checks every site once, with concrete values
+        grad_states = traced.dependent_states() if s.sparse_guidance else None
         shape = prior.event_shape
 
-        def one(key: Array) -> Array:
-            return predictor_corrector(
-                key, eps_y, shape, prior.sde, s["steps"], s["corrections"], s["tau"]
-            )
+        def observation_model(dynamic):
+            args, kwargs = arguments.rebuild(dynamic)
+            rebound = _rebind(traced, args, kwargs)
+            return rebound, obs0.rebind(rebound)
 
-        if traced.latent:
-            gibbs = _Gibbs(traced, obs, s)
+        def step(xs, t, u, keys, dynamic):
+            _, obs = observation_model(dynamic)
+            eps_y = self._guided(traced, obs, grad_states)
+            return jax.vmap(lambda k, x: reverse_step(k, x, t, u, eps_y, prior.sde,
+                                                      s.corrections, s.tau))(keys, xs)
 
-            def batch(keys: Array) -> tuple[Array, Array, dict]:
-                xs, params = jax.vmap(gibbs.chain)(keys)
-                ll = jax.vmap(traced.log_likelihood)(xs, params)
-                return xs, ll, params
-        else:
+        box = self.box(prior)
 
-            def batch(keys: Array) -> tuple[Array, Array, dict]:
-                xs = jax.vmap(one)(keys)
-                ll = jax.vmap(traced.log_likelihood)(xs)
-                return xs, ll, {}
+        def diagnostics(xs, dynamic, params):
+            rebound, obs = observation_model(dynamic)
+
+            def one(x, p):
+                ll = rebound.log_likelihood(x, p)
+                pred = obs.predict(x, p)
+                num, den = 0.0, 0.0
+                for site in obs.sites:
+                    mean, noise, w = pred[site.name]
+                    r = obs.y[site.name] - mean
+                    if site.kind == "diag":
+                        num = num + jnp.sum(w * r**2 / noise)
+                        den = den + jnp.sum(w > 0)
+                    else:
+                        z = jnp.linalg.solve(noise, r[..., None])[..., 0]
+                        num = num + jnp.sum(w * jnp.sum(r * z, -1))
+                        den = den + jnp.sum(w > 0) * site.shape[-1]
+                chi2 = num / jnp.maximum(den, 1)
+                if box is None:
+                    out = jnp.zeros((), bool)
+                else:
+                    lo, hi = box
+                    out = jnp.any((x < lo) | (x > hi))
+                return ll, chi2, out
+
+            if params:
+                return jax.vmap(one)(xs, params)
+            return jax.vmap(lambda x: one(x, None))(xs)
 
         t0 = time.perf_counter()
-        keys = jax.random.split(jax.random.key(0), chunk)
-        compiled = jax.jit(batch).lower(keys).compile()
-        compile_time = time.perf_counter() - t0
-        self._cache = (cache_key, (compiled, compile_time, obs))  # keep only the latest
-        return compiled, compile_time, obs
+        xs0 = jax.ShapeDtypeStruct((chunk, *shape), jnp.float32)
+        keys0 = jax.random.split(jax.random.key(0), chunk)
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        dyn0 = arguments.dynamic
+        built = {"obs": obs0, "grad_states": grad_states}
+        if traced.latent:
+            gibbs = _Gibbs(traced, obs0, s, self, grad_states)
+
+            def chains(keys, dynamic):
+                _, obs = observation_model(dynamic)
+                return jax.vmap(lambda k: gibbs.chain(k, obs))(keys)
+
+            built["chains"] = jax.jit(chains).lower(keys0, dyn0).compile()
+            params0 = jax.eval_shape(lambda k: gibbs.chain(k[0], obs0)[1], keys0)
+            params0 = {k: jax.ShapeDtypeStruct((chunk, *v.shape), v.dtype)
+                       for k, v in params0.items()}
+        else:
+            built["step"] = jax.jit(step).lower(xs0, scalar, scalar, keys0, dyn0).compile()
+            params0 = {}
+        built["diagnostics"] = jax.jit(diagnostics).lower(xs0, dyn0, params0).compile()
+        built["compile_time"] = time.perf_counter() - t0
+        self._cache = {key: built}  # keep only the latest
+        return built
 
     def run(
         self, rng_key: Array, *model_args: Any, num_samples: int = 1024, **model_kwargs: Any
@@ -221,65 +397,122 @@ class SDA(InferenceMethod):
         """Draw ``num_samples`` posterior trajectories of ``model(*model_args, **model_kwargs)``.
 
         Returns ``self``; the draws are in :meth:`get_samples` under the model's site names.
+        Ctrl-C stops within one diffusion step: the finished chunks are kept (with a warning)
+        when there are any, otherwise ``KeyboardInterrupt`` propagates.
         """
-        num_samples = int(num_samples)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        num_samples = _as_int(num_samples, "num_samples", 1)
+        rng_key = _as_key(rng_key)
         traced = self.trace(*model_args, **model_kwargs)
         self.traced = traced
-        s = self.settings
-        chunk = min(s["chunk_size"], num_samples)
-        key_args = (
-            self.model, *model_args, *sorted(model_kwargs), *[
-                model_kwargs[k] for k in sorted(model_kwargs)
-            ],
-        )
-        compiled, compile_time, _ = self._sampler(traced, chunk, key_args)
-        self.compile_time = compile_time
+        self.model_args, self.model_kwargs = tuple(model_args), dict(model_kwargs)
+        s = self.config
+        chunk = min(s.chunk_size, num_samples)
+        arguments = _Arguments(model_args, model_kwargs)
+        built = self._build(traced, arguments, chunk)
+        self.compile_time = built["compile_time"]
+        self.observed_states = built["grad_states"]
+        prior: TrajectoryPrior = traced.prior
 
-        rng_key = jnp.asarray(rng_key)
-        if not jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
-            rng_key = jax.random.wrap_key_data(rng_key)
         key_sample, key_pred = jax.random.split(rng_key)
         num_chunks = math.ceil(num_samples / chunk)
         keys = jax.random.split(key_sample, num_chunks * chunk).reshape(num_chunks, chunk)
-        iterator = range(num_chunks)
-        if s["progress"] and num_chunks > 1:
+        times = np.asarray(diffusion_times(s.steps))
+        dyn = arguments.dynamic
+        bar = None
+        if s.progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(iterator, desc="SDA", unit="chunk")
-        xs_all, ll_all, par_all = [], [], []
+            total = num_chunks * (1 if traced.latent else s.steps)
+            bar = tqdm(total=total, desc="SDA", unit="step" if not traced.latent else "chunk",
+                       leave=False)
+        xs_all, par_all, diag_all = [], [], []
+        self.interrupted = False
         t0 = time.perf_counter()
-        for i in iterator:
-            xs, ll, params = compiled(keys[i])
-            xs_all.append(xs)
-            ll_all.append(ll)
-            par_all.append(params)
-        xs = jnp.concatenate(xs_all)[:num_samples]
-        ll = jnp.concatenate(ll_all)[:num_samples]
-        params = {k: jnp.concatenate([p[k] for p in par_all])[:num_samples]
-                  for k in par_all[0]}
+        try:
+            for c in range(num_chunks):
+                if traced.latent:
+                    xs, params = built["chains"](keys[c], dyn)
+                    xs.block_until_ready()
+                    if bar is not None:
+                        bar.update(1)
+                else:
+                    draw_keys = jax.vmap(lambda k: jax.random.split(k, s.steps + 1))(keys[c])
+                    xs = jax.vmap(lambda k: jax.random.normal(k, prior.event_shape))(
+                        draw_keys[:, 0])
+                    for i in range(s.steps):
+                        xs = built["step"](xs, times[i], times[i + 1], draw_keys[:, i + 1], dyn)
+                        xs.block_until_ready()  # so that Ctrl-C is seen within one step
+                        if bar is not None:
+                            bar.update(1)
+                    params = {}
+                diag_all.append(built["diagnostics"](xs, dyn, params))
+                xs_all.append(xs)
+                par_all.append(params)
+        except KeyboardInterrupt:
+            if not xs_all:
+                raise
+            self.interrupted = True
+            warnings.warn(
+                f"SDA interrupted: keeping the {len(xs_all) * chunk} draws of the "
+                f"{len(xs_all)} finished chunks of {num_chunks}", RuntimeWarning, stacklevel=2)
+        finally:
+            if bar is not None:
+                bar.close()
+        n = min(num_samples, len(xs_all) * chunk)
+        xs = jnp.concatenate(xs_all)[:n]
         xs.block_until_ready()
         self.wall_time = time.perf_counter() - t0
+        params = {k: jnp.concatenate([p[k] for p in par_all])[:n] for k in par_all[0]}
+        ll, chi2, out = (jnp.concatenate([d[i] for d in diag_all])[:n] for i in range(3))
 
         self.prior_site = traced.prior_name
-        self.observations = dict(traced.observed)
+        self.observations = traced.public_observations
         self._samples = {traced.prior_name: xs, **params}
-        diverging = ~jnp.all(jnp.isfinite(xs.reshape(num_samples, -1)), axis=1)
-        self.sample_stats = {"log_likelihood": ll, "diverging": diverging}
-        if bool(jnp.any(diverging)):
-            warnings.warn(
-                f"SDA: {int(jnp.sum(diverging))} of {num_samples} draws are not finite "
-                "(sample_stats['diverging']); the guidance is too strong for the step size: "
-                "increase steps, or use guidance='mmps' (or a larger gamma for 'sda')",
-                RuntimeWarning, stacklevel=2,
-            )
-        sweeps = max(s["gibbs_sweeps"], 1) if traced.latent else 1
-        self.num_model_evals = num_samples * s["steps"] * (1 + s["corrections"]) * sweeps
+        diverging = ~jnp.all(jnp.isfinite(xs.reshape(n, -1)), axis=1)
+        self.sample_stats = {"log_likelihood": ll, "diverging": diverging,
+                             "out_of_range": out, "chi2": chi2}
+        self._warn(n, diverging, out, chi2)
+        sweeps = max(s.gibbs_sweeps, 1) if traced.latent else 1
+        self.num_model_evals = n * s.steps * (1 + s.corrections) * sweeps
         self.posterior_predictive = (
-            traced.posterior_predictive(key_pred, xs, params or None) if s["predictive"] else {}
+            traced.posterior_predictive(key_pred, xs, params or None) if s.predictive else {}
         )
         return self
+
+    def _warn(self, n: int, diverging: Array, out: Array, chi2: Array) -> None:
+        if bool(jnp.any(diverging)):
+            warnings.warn(
+                f"SDA: {int(jnp.sum(diverging))} of {n} draws are not finite "
+                "(sample_stats['diverging']); pass bounds='auto' with a prior that records its "
+                "training range, or explicit bounds=(lower, upper)", RuntimeWarning, stacklevel=3)
+        if bool(jnp.any(out)):
+            warnings.warn(
+                f"SDA: {int(jnp.sum(out))} of {n} draws leave the range of the prior's training "
+                "data (sample_stats['out_of_range']): the observations may be inconsistent with "
+                "the prior (outliers, wrong units or normalisation)", RuntimeWarning, stacklevel=3)
+        med = float(jnp.median(jnp.where(jnp.isfinite(chi2), chi2, jnp.inf)))
+        if med > 9.0:
+            warnings.warn(
+                f"SDA: the draws do not fit the observations: the median mean squared "
+                f"standardised residual is {med:.3g} (about 1 expected; sample_stats['chi2']). "
+                "The likelihood is too sharp for the sampler (e.g. a tiny observation noise) or "
+                "the observations lie outside what the prior can produce; increase steps, use "
+                "MMPS guidance, or check the observation model", RuntimeWarning, stacklevel=3)
+
+
+def _as_key(rng_key: Any) -> Array:
+    """A typed PRNG key from a new-style or a raw ``uint32[2]`` key; clear error otherwise."""
+    try:
+        key = jnp.asarray(rng_key)
+    except TypeError:
+        key = None
+    if key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+        return key
+    if key is not None and key.dtype == jnp.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(
+        f"rng_key must be a JAX PRNG key such as jax.random.key(0) or jax.random.PRNGKey(0), got "
+        f"{rng_key!r}")
 
 
 def _slice_coordinate(key: Array, u: Array, i: Array, logp, width: float = 1.0,
@@ -317,14 +550,13 @@ def _slice_coordinate(key: Array, u: Array, i: Array, logp, width: float = 1.0,
 class _Gibbs:
     """Gibbs chain over (trajectory, other latent sites) for one draw."""
 
-    def __init__(self, traced: TracedModel, obs: ObservationModel, settings: dict) -> None:
+    def __init__(self, traced: TracedModel, obs: ObservationModel, settings: SDASettings,
+                 sda: SDA, grad_states: Any) -> None:
         from numpyro.distributions import biject_to
 
-        from numpyro_sda.tracing import _run_trace
-
-        self.traced, self.obs, self.s = traced, obs, settings
+        self.traced, self.s, self.sda, self.grad_states = traced, settings, sda, grad_states
         x0 = jnp.zeros(traced.event_shape, jnp.float32)
-        tr = _run_trace(traced.model, traced.args, traced.kwargs, {traced.prior_name: x0})
+        tr = trace_given(traced.model, traced.args, traced.kwargs, {traced.prior_name: x0})
         self.transforms, self.shapes, self.init = {}, {}, []
         for name in traced.latent:
             support = tr[name]["fn"].support
@@ -353,42 +585,39 @@ class _Gibbs:
             logdet = logdet + jnp.sum(t.log_abs_det_jacobian(ui, v))
         return params, logdet
 
-    def log_density(self, x: Array, u: Array) -> Array:
+    def log_density(self, traced: TracedModel, x: Array, u: Array) -> Array:
         """log p(theta) + log p(y | x, theta) + log |d theta / d u| (trajectory fixed)."""
-        from numpyro_sda.tracing import _run_trace, _site_log_prob
-
         params, logdet = self.constrain(u)
-        tr = _run_trace(self.traced.model, self.traced.args, self.traced.kwargs,
-                        {self.traced.prior_name: x, **params})
+        tr = trace_given(traced.model, traced.args, traced.kwargs,
+                         {traced.prior_name: x, **params})
         total = logdet
-        for name in (*self.names, *self.traced.observed):
-            total = total + jnp.sum(_site_log_prob(tr[name]))
+        for name in (*self.names, *traced.observed):
+            total = total + jnp.sum(site_log_prob(tr[name]))
         return jnp.where(jnp.isfinite(total), total, -jnp.inf)
 
-    def chain(self, key: Array) -> tuple[Array, dict]:
+    def chain(self, key: Array, obs: ObservationModel) -> tuple[Array, dict]:
         s, prior = self.s, self.traced.prior
+        traced = obs.traced
 
         def sweep(carry, k):
             x, u = carry
             kx, ku = jax.random.split(k)
             params, _ = self.constrain(u)
-            eps_y = guided_eps(
-                prior.eps, prior.sde, self.obs, s["guidance"], gamma=s["gamma"],
-                zeta=s["zeta"], cg_maxiter=s["cg_maxiter"], cg_tol=s["cg_tol"], params=params,
-            )
-            x = predictor_corrector(kx, eps_y, prior.event_shape, prior.sde, s["steps"],
-                                    s["corrections"], s["tau"])
+            eps_y = self.sda._guided(traced, obs, self.grad_states, params)
+            x = predictor_corrector(kx, eps_y, prior.event_shape, prior.sde, s.steps,
+                                    s.corrections, s.tau)
 
             def update(u, kk):
                 keys = jax.random.split(kk, u.size)
                 for i in range(u.size):
-                    u = _slice_coordinate(keys[i], u, i, lambda v: self.log_density(x, v))
+                    u = _slice_coordinate(keys[i], u, i,
+                                          lambda v: self.log_density(traced, x, v))
                 return u, None
 
-            u, _ = jax.lax.scan(update, u, jax.random.split(ku, s["slice_updates"]))
+            u, _ = jax.lax.scan(update, u, jax.random.split(ku, s.slice_updates))
             return (x, u), None
 
         x0 = jnp.zeros(prior.event_shape, jnp.float32)
         (x, u), _ = jax.lax.scan(sweep, (x0, self.init),
-                                 jax.random.split(key, s["gibbs_sweeps"]))
+                                 jax.random.split(key, s.gibbs_sweeps))
         return x, self.constrain(u)[0]

@@ -1,4 +1,4 @@
-r"""Matrix-free linear algebra for guidance: conjugate gradient.
+r"""Matrix-free linear algebra for guidance: GMRES, conjugate gradient, dense solves.
 
 The moment-matching posterior sampler (MMPS) needs :math:`u = M^{-1} r` for the symmetric
 positive-definite operator :math:`M = \Sigma_y + A\, \mathrm{Cov}[x \mid x_t]\, A^\top`, which is
@@ -14,6 +14,16 @@ iteration:
 In exact arithmetic it converges in at most :math:`\dim r` iterations. The loop is a
 :func:`jax.lax.while_loop` (stops at ``maxiter`` or when :math:`\|r_k\| \le \mathrm{tol}\,
 \|r_0\|`), so it can be jitted and vmapped.
+
+CG assumes :math:`M` symmetric. With a *learned* noise predictor the Jacobian of the denoiser is
+not symmetric, so neither is :math:`M`; :func:`gmres` (Saad & Schultz, 1986) makes no such
+assumption: after :math:`k` Arnoldi steps it returns the minimiser of :math:`\|b - M u\|` over
+the Krylov space :math:`\mathcal{K}_k(M, b) = \mathrm{span}\{b, Mb, \dots, M^{k-1} b\}`,
+
+.. math:: u_k = V_k z, \qquad z = \arg\min_z \big\| \|b\| e_1 - \bar H_k z \big\|,
+
+with :math:`V_k` the orthonormal Arnoldi basis (modified Gram-Schmidt, one re-orthogonalisation)
+and :math:`\bar H_k` the :math:`(k+1) \times k` Hessenberg matrix. :math:`k = \dim b` is exact.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["conjugate_gradient"]
+__all__ = ["conjugate_gradient", "gmres", "dense_matrix"]
 
 
 def _dot(a, b) -> Array:
@@ -89,3 +99,49 @@ def conjugate_gradient(
 
     x, *_ = jax.lax.while_loop(cond, body, (x, r, p, rs, jnp.asarray(0)))
     return x
+
+
+def gmres(matvec: Callable[[Array], Array], b: Array, iterations: int = 1) -> Array:
+    r"""Solve :math:`M u = b` approximately by ``iterations`` steps of GMRES (no restart).
+
+    Args:
+        matvec: the linear map :math:`v \mapsto M v` on flat vectors (any square operator).
+        b: right-hand side, a flat vector.
+        iterations: Krylov dimension :math:`k \ge 1` (one ``matvec`` each).
+
+    Returns:
+        :math:`u_k`, the minimum-residual solution over :math:`\mathcal{K}_k(M, b)`. A breakdown
+        (the Krylov space is invariant, so the solution is exact) is handled by masking.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    k = int(iterations)
+    n = b.shape[0]
+    beta = jnp.linalg.norm(b)
+    tiny = jnp.finfo(b.dtype).tiny
+    V = jnp.zeros((k + 1, n), b.dtype).at[0].set(b / jnp.maximum(beta, tiny))
+    H = jnp.zeros((k + 1, k), b.dtype)
+
+    def arnoldi(j, carry):
+        V, H = carry
+        w = matvec(V[j])
+        active = (jnp.arange(k + 1) <= j).astype(b.dtype)
+        for _ in range(2):  # classical Gram-Schmidt, twice (as stable as modified G-S)
+            h = (V @ w) * active
+            w = w - h @ V
+            H = H.at[:, j].add(h)
+        norm = jnp.linalg.norm(w)
+        H = H.at[j + 1, j].set(norm)
+        V = V.at[j + 1].set(jnp.where(norm > tiny, w / jnp.maximum(norm, tiny), 0.0))
+        return V, H
+
+    V, H = jax.lax.fori_loop(0, k, arnoldi, (V, H))
+    e1 = jnp.zeros((k + 1,), b.dtype).at[0].set(beta)
+    z = jnp.linalg.lstsq(H, e1)[0]
+    return jnp.where(beta > tiny, z @ V[:k], jnp.zeros_like(b))
+
+
+def dense_matrix(matvec: Callable[[Array], Array], n: int, dtype=jnp.float32) -> Array:
+    """The ``(n, n)`` matrix of a linear map on flat vectors (``n`` batched products)."""
+    basis = jnp.eye(n, dtype=dtype)
+    return jax.vmap(matvec, out_axes=1)(basis)

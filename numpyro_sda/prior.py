@@ -87,6 +87,8 @@ class TrajectoryPrior(dist.Distribution):
         *,
         validate_args: bool | None = None,
     ) -> None:
+        if isinstance(length, bool) or not float(length).is_integer():
+            raise TypeError(f"length must be an integer number of states, got {length!r}")
         length = int(length)
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -108,6 +110,13 @@ class TrajectoryPrior(dist.Distribution):
                     f"state_shape {tuple(state_shape)} differs from the local score's "
                     f"state_shape {score_shape}"
                 )
+            trained = getattr(eps, "sde", None)
+            if sde is not None and trained is not None and sde != trained:
+                raise ValueError(
+                    f"the noise schedule {sde} differs from the one the local score was trained "
+                    f"with ({trained}); pass sde=score.sde or leave sde unset"
+                )
+            sde = trained if sde is None else sde
             self.score = eps
             eps = eps.eps_fn()
         elif not callable(eps):

@@ -27,7 +27,10 @@ from jax import Array
 
 from numpyro_sda.sde import VPSDE
 
-__all__ = ["predictor_corrector", "sample_trajectories", "check_sampler_settings", "EpsFn"]
+__all__ = [
+    "predictor_corrector", "reverse_step", "diffusion_times", "sample_trajectories",
+    "check_sampler_settings", "EpsFn",
+]
 
 EpsFn = Callable[[Array, Array], Array]
 """A noise predictor ``eps(x_t, t)`` over one whole trajectory ``x_t`` and a scalar ``t``."""
@@ -53,6 +56,7 @@ def predictor_corrector(
     tau: float = 1.0,
     dtype=jnp.float32,
     x_init: Array | None = None,
+    spacing: str = "uniform",
 ) -> Array:
     """Draw one trajectory of ``shape`` by reverse diffusion from :math:`t = 1` to :math:`t = 0`.
 
@@ -65,6 +69,7 @@ def predictor_corrector(
         corrections: number of Langevin corrections :math:`C` per step.
         tau: Langevin step size factor :math:`\\tau`.
         x_init: optional starting point at :math:`t = 1` (default: a standard normal draw).
+        spacing: the time grid, ``"uniform"`` or ``"edm"`` (see :func:`diffusion_times`).
 
     Returns:
         the sample at :math:`t = 0`, of shape ``shape``.
@@ -73,28 +78,72 @@ def predictor_corrector(
     sde = VPSDE() if sde is None else sde
     key, init_key = jax.random.split(key)
     x = jax.random.normal(init_key, shape, dtype) if x_init is None else jnp.asarray(x_init, dtype)
-    times = jnp.linspace(1.0, 0.0, steps + 1, dtype=dtype)
+    times = diffusion_times(steps, dtype, sde, spacing)
 
-    def corrector(x: Array, s: Array, key: Array) -> Array:
+    def step(x: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
+        t, s, k = inputs
+        return reverse_step(k, x, t, s, eps, sde, corrections, tau), None
+
+    keys = jax.random.split(key, steps)
+    x, _ = jax.lax.scan(step, x, (times[:-1], times[1:], keys))
+    return x
+
+
+SPACINGS = ("uniform", "edm")
+
+
+def diffusion_times(steps: int, dtype=jnp.float32, sde: VPSDE | None = None,
+                    spacing: str = "uniform", rho: float = 7.0) -> Array:
+    r"""The decreasing time grid :math:`1 = t_0 > t_1 > \dots > t_S = 0`.
+
+    * ``"uniform"``: :math:`t_i = 1 - i/S` (Rozet & Louppe, 2023).
+    * ``"edm"``: uniform in :math:`\tilde\sigma^{1/\rho}` with :math:`\tilde\sigma = \sigma/\mu`
+      the noise-to-signal ratio (Karras et al., 2022, "Elucidating the design space of
+      diffusion-based generative models", Eq. 5, :math:`\rho = 7`):
+      :math:`\tilde\sigma_i = (\tilde\sigma_{\max}^{1/\rho} + \tfrac{i}{S}
+      (\tilde\sigma_{\min}^{1/\rho} - \tilde\sigma_{\max}^{1/\rho}))^\rho`, mapped back to
+      :math:`t` through the schedule. It spends its steps where the noise is small, where the
+      fine (one-step dynamical) structure of trajectories is decided.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
+    if spacing == "uniform":
+        return jnp.linspace(1.0, 0.0, steps + 1, dtype=dtype)
+    import numpy as np
+
+    sde = VPSDE() if sde is None else sde
+    dense = np.linspace(0.0, 1.0, 100_001)
+    ratio = np.asarray(sde.sigma(dense) / sde.mu(dense), np.float64)  # increasing in t
+    lo, hi = ratio[0] ** (1 / rho), ratio[-1] ** (1 / rho)
+    target = (hi + np.linspace(0.0, 1.0, steps + 1) * (lo - hi)) ** rho
+    t = np.interp(np.log(target), np.log(ratio), dense)
+    t[0], t[-1] = 1.0, 0.0
+    return jnp.asarray(t, dtype)
+
+
+def reverse_step(
+    key: Array,
+    x: Array,
+    t: Array,
+    s: Array,
+    eps: EpsFn,
+    sde: VPSDE,
+    corrections: int = 0,
+    tau: float = 1.0,
+) -> Array:
+    """One predictor step from ``t`` to ``s < t`` and ``corrections`` Langevin steps at ``s``
+    (see the module docstring), on ONE trajectory."""
+    r = sde.mu(s) / sde.mu(t)
+    x = (r * x + (sde.sigma(s) - r * sde.sigma(t)) * eps(x, t)).astype(x.dtype)
+    if corrections > 0:
+
         def body(x, k):
             e = eps(x, s)
             delta = tau / jnp.mean(e**2)
             z = jax.random.normal(k, x.shape, x.dtype)
-            return x - (delta * e + jnp.sqrt(2.0 * delta) * z) * sde.sigma(s), None
+            return (x - (delta * e + jnp.sqrt(2.0 * delta) * z) * sde.sigma(s)).astype(x.dtype), None
 
         x, _ = jax.lax.scan(body, x, jax.random.split(key, corrections))
-        return x
-
-    def step(x: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
-        t, s, k = inputs
-        r = sde.mu(s) / sde.mu(t)
-        x = r * x + (sde.sigma(s) - r * sde.sigma(t)) * eps(x, t)
-        if corrections > 0:
-            x = corrector(x, s, k)
-        return x.astype(dtype), None
-
-    keys = jax.random.split(key, steps)
-    x, _ = jax.lax.scan(step, x, (times[:-1], times[1:], keys))
     return x
 
 
@@ -108,11 +157,13 @@ def sample_trajectories(
     corrections: int = 0,
     tau: float = 1.0,
     dtype=jnp.float32,
+    spacing: str = "uniform",
 ) -> Array:
     """Draw ``num_samples`` independent trajectories, vmapped over samples (one compiled call)."""
     keys = jax.random.split(key, num_samples)
 
     def one(k: Array) -> Array:
-        return predictor_corrector(k, eps, shape, sde, steps, corrections, tau, dtype)
+        return predictor_corrector(k, eps, shape, sde, steps, corrections, tau, dtype,
+                                   spacing=spacing)
 
     return jax.vmap(one)(keys)

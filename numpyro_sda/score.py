@@ -277,6 +277,35 @@ class LocalScore(nnx.Module):
             raise ValueError("normalization (mean, std) must be finite with std > 0")
         self._normalization = json.dumps([mean.tolist(), std.tolist()])
 
+    @property
+    def data_range(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-channel ``(lower, upper)`` of the training data (in the units the network was
+        trained on) when recorded, else ``None``. :class:`numpyro_sda.SDA` keeps its guided
+        denoiser inside this range (with a margin)."""
+        rng = json.loads(self._config).get("data_range")
+        if rng is None:
+            return None
+        return np.asarray(rng[0], np.float32), np.asarray(rng[1], np.float32)
+
+    def set_data_range(self, lower: Any, upper: Any | None = None) -> None:
+        """Record the training data's per-channel range; ``set_data_range(data)`` computes it
+        from an array ``(..., *state_shape)`` (channel axis first in ``state_shape``)."""
+        if upper is None:
+            data = np.asarray(lower, np.float64)
+            nd = len(self.state_shape)
+            if self.kind == "mlp":
+                axes = tuple(range(data.ndim - 1))
+            else:  # channel-first fields: reduce over every axis but the channel
+                axes = tuple(i for i in range(data.ndim) if i != data.ndim - nd)
+            lower, upper = data.min(axis=axes), data.max(axis=axes)
+        lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+        if lo.shape != hi.shape or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))
+                                        and np.all(lo < hi)):
+            raise ValueError("data range must be finite with lower < upper, of equal shapes")
+        config = json.loads(self._config)
+        config["data_range"] = [lo.tolist(), hi.tolist()]
+        self._config = json.dumps(config, sort_keys=True)
+
     # ------------------------------------------------------------------ evaluation
     def _check_state(self, shape: tuple[int, ...], what: str) -> None:
         s = self.state_shape

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from jax import Array
-from numpyro import handlers
+
+from numpyro_sda.observation import site_log_prob, trace_given
 
 __all__ = ["TracedModel", "trace_model", "default_prior_types"]
 
@@ -48,24 +49,8 @@ def default_prior_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def _run_trace(model: Callable, args: tuple, kwargs: dict, data: dict | None, seed: int = 0):
-    m = handlers.seed(model, rng_seed=seed)
-    if data:
-        m = handlers.substitute(m, data=data)
-    return handlers.trace(m).get_trace(*args, **kwargs)
-
-
 def _sample_sites(tr) -> dict[str, dict]:
     return {name: site for name, site in tr.items() if site["type"] == "sample"}
-
-
-def _site_log_prob(site: dict) -> Array:
-    lp = site["fn"].log_prob(site["value"])
-    if site.get("mask") is not None:
-        lp = jnp.where(site["mask"], lp, 0.0)
-    if site.get("scale") is not None:
-        lp = site["scale"] * lp
-    return lp
 
 
 @dataclass
@@ -94,22 +79,23 @@ class TracedModel:
                 f"got {tuple(jnp.shape(x))}"
             )
 
-    def _trace_given(self, x: Array, params: dict | None):
+    def trace_given(self, x: Array, params: dict | None = None):
+        """The model's trace with the trajectory ``x`` (and ``params``) substituted."""
         self._check_x(x)
         data = {self.prior_name: x}
         if params:
             data.update(params)
-        return _run_trace(self.model, self.args, self.kwargs, data)
+        return trace_given(self.model, self.args, self.kwargs, data)
 
     def site_distributions(self, x: Array, params: dict | None = None) -> dict[str, Any]:
         """Each observed site's distribution given the trajectory ``x`` (one trajectory)."""
-        tr = self._trace_given(x, params)
+        tr = self.trace_given(x, params)
         return {name: tr[name]["fn"] for name in self.observed}
 
     def site_log_likelihoods(self, x: Array, params: dict | None = None) -> dict[str, Array]:
         """Element-wise :math:`\\log p_s(y_s \\mid x)` per observed site (masked entries are 0)."""
-        tr = self._trace_given(x, params)
-        return {name: _site_log_prob(tr[name]) for name in self.observed}
+        tr = self.trace_given(x, params)
+        return {name: site_log_prob(tr[name]) for name in self.observed}
 
     def log_likelihood(self, x: Array, params: dict | None = None) -> Array:
         """:math:`\\log p(y \\mid x)` summed over every observed site and element."""
@@ -136,19 +122,35 @@ class TracedModel:
             used |= np.any(g != 0, axis=1) | ~np.all(np.isfinite(g), axis=1)
         return used
 
+    def public_name(self, name: str) -> str:
+        """The user's name of an observed site: numpyro renames a site with ``obs_mask`` to
+        ``"<name>_observed"`` (and adds ``"<name>_unobserved"``); this maps it back."""
+        base = name[: -len("_observed")] if name.endswith("_observed") else None
+        if base is not None and f"{base}_unobserved" in self.imputed:
+            return base
+        return name
+
+    @property
+    def public_observations(self) -> dict[str, Array]:
+        """The observed values under the user's site names (see :meth:`public_name`)."""
+        return {self.public_name(k): v for k, v in self.observed.items()}
+
     def posterior_predictive(
         self, key: Array, xs: Array, params: dict | None = None
     ) -> dict[str, Array]:
         """Draws of every observed site given each trajectory in ``xs`` (leading draw axis).
 
         ``params``, when given, maps other latent sites to arrays with the same leading axis.
+        Sites split by ``obs_mask`` are returned under the user's name (``"y"``, full shape),
+        as :class:`numpyro.infer.Predictive` does.
         """
 
         def one(k, x, p):
-            tr = self._trace_given(x, p)
+            tr = self.trace_given(x, p)
             keys = jax.random.split(k, max(len(self.observed), 1))
             return {
-                name: tr[name]["fn"].sample(kk) for kk, name in zip(keys, self.observed, strict=False)
+                self.public_name(name): tr[name]["fn"].sample(kk)
+                for kk, name in zip(keys, self.observed, strict=False)
             }
 
         keys = jax.random.split(key, xs.shape[0])
@@ -172,7 +174,7 @@ def trace_model(
     """
     kwargs = dict(kwargs or {})
     prior_types = default_prior_types() if prior_types is None else tuple(prior_types)
-    tr = _run_trace(model, args, kwargs, None)
+    tr = trace_given(model, args, kwargs, None)
     sites = _sample_sites(tr)
     prior_sites = [n for n, s in sites.items() if isinstance(s["fn"], prior_types)]
     type_names = " or ".join(t.__name__ for t in prior_types)
@@ -199,18 +201,20 @@ def trace_model(
         if site["is_observed"]:
             value = jnp.asarray(site["value"])
             fn = site["fn"]
+            _check_obs_mask(name, fn, value, sites)
             expected = tuple(fn.batch_shape) + tuple(fn.event_shape)
-            if expected and tuple(value.shape) != expected:
-                try:
-                    jnp.broadcast_shapes(value.shape, expected)
-                    ok = value.ndim <= len(expected)
-                except ValueError:
-                    ok = False
-                if not ok:
-                    raise ValueError(
-                        f"observed site {name!r}: observations have shape {tuple(value.shape)} "
-                        f"but the model's distribution at that site has shape {expected}"
-                    )
+            if tuple(value.shape) != expected:
+                raise ValueError(
+                    f"observed site {name!r}: observations have shape {tuple(value.shape)} "
+                    f"but the model's distribution at that site has shape {expected}; they must "
+                    "be equal (a value that only broadcasts is ambiguous: reshape it, e.g. "
+                    f"y.reshape({expected}))"
+                )
+            if 0 in expected:
+                raise ValueError(
+                    f"observed site {name!r} has shape {expected}: it selects no element (an "
+                    "empty slice of the trajectory?), so it carries no information"
+                )
             if jnp.issubdtype(value.dtype, jnp.floating) and bool(jnp.any(jnp.isnan(value))):
                 raise ValueError(
                     f"observed site {name!r} contains NaN at {int(jnp.sum(jnp.isnan(value)))} "
@@ -233,3 +237,28 @@ def trace_model(
         latent_values={n: sites[n]["value"] for n in latent},
         prior_value=sites[prior_name]["value"],
     )
+
+
+def _check_obs_mask(name: str, fn: Any, value: Array, sites: dict) -> None:
+    """numpyro broadcasts ``obs_mask`` against the site's batch shape, so a mask of the wrong
+    shape silently changes the site; require it to have (or broadcast to) exactly that shape."""
+    import numpyro.distributions as nd
+
+    base = name[: -len("_observed")] if name.endswith("_observed") else None
+    if base is None or f"{base}_unobserved" not in sites:
+        return
+    if not isinstance(fn, nd.MaskedDistribution):
+        return
+    mask_shape = tuple(jnp.shape(fn._mask))
+    batch = tuple(fn.base_dist.batch_shape)
+    ok = len(mask_shape) <= len(batch)
+    if ok:
+        try:
+            ok = tuple(jnp.broadcast_shapes(mask_shape, batch)) == batch
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ValueError(
+            f"obs_mask of site {base!r} has shape {mask_shape}, but the site's distribution has "
+            f"batch shape {batch}; the mask must have that shape (one flag per observation)"
+        )

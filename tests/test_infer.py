@@ -10,6 +10,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro import handlers
 
+from numpyro_sda.guidance import MMPS, SDAGuidance
 from numpyro_sda.infer import SDA
 from numpyro_sda.prior import TrajectoryPrior, gaussian_eps
 from numpyro_sda.sampling import sample_trajectories
@@ -49,7 +50,9 @@ def dense_posterior(m, P, H, Rcov, y):
 
 @pytest.fixture(scope="module")
 def mmps_run(lg):
-    sda = SDA(gap_model, steps=512, corrections=0, guidance="mmps", progress=False)
+    # MMPS is exact for a Gaussian prior with Tweedie's covariance and an exact solve
+    exact = MMPS(solver="dense", covariance="tweedie")
+    sda = SDA(gap_model, steps=512, corrections=0, guidance=exact, progress=False)
     return sda.run(jax.random.key(3), lg["prior"], y=lg["y"], mask=lg["mask"], num_samples=1024)
 
 
@@ -82,12 +85,12 @@ def test_mmps_reproduces_rts_smoother(lg, mmps_run):
 
 def test_mmps_matches_exact_posterior_score_pathwise(lg):
     """Same keys, same sampler: mmps-guided prior score vs the exact posterior score."""
-    sda = SDA(gap_model, steps=128, corrections=1, guidance="mmps", cg_maxiter=12)
+    exact = MMPS(solver="dense", covariance="tweedie")
+    sda = SDA(gap_model, steps=128, corrections=1, guidance=exact)
     traced = sda.trace(lg["prior"], y=lg["y"], mask=lg["mask"])
-    from numpyro_sda.guidance import ObservationModel, guided_eps
+    from numpyro_sda.guidance import ObservationModel
 
-    eps_y = guided_eps(lg["prior"].eps, VPSDE(), ObservationModel(traced), "mmps",
-                       cg_maxiter=12)
+    eps_y = exact(lg["prior"].eps, VPSDE(), ObservationModel(traced))
     obs = np.asarray(lg["mask"])
     H = np.zeros((L, L * D))
     H[np.arange(L), np.arange(L) * D] = 1.0
@@ -146,7 +149,8 @@ def test_multi_site_mvn_scale_and_mask_exact(lg):
             numpyro.sample("b", dist.MultivariateNormal(x[::4] @ jnp.asarray(Hb.T, jnp.float32),
                                                         jnp.asarray(Cb, jnp.float32)), obs=yb)
 
-    sda = SDA(model, steps=512, corrections=0, guidance="mmps", progress=False)
+    exact = MMPS(solver="dense", covariance="tweedie")
+    sda = SDA(model, steps=512, corrections=0, guidance=exact, progress=False)
     out = sda.run(jax.random.key(5), lg["prior"], ya=jnp.asarray(ya, jnp.float32),
                   yb=jnp.asarray(yb, jnp.float32), num_samples=512)
     xs = np.asarray(out.get_samples()["traj"], np.float64)
@@ -332,15 +336,16 @@ def test_chunks_nonlinear_operator_and_cache(lg):
     assert xs.shape == (10, L, D) and bool(jnp.all(jnp.isfinite(xs)))
     assert not bool(jnp.any(out.sample_stats["diverging"]))
     assert out.posterior_predictive["obs_sq"].shape == (10, 4)
-    first = sda._cache[1][0]
-    out2 = sda.run(jax.random.key(8), lg["prior"], y=y, num_samples=6)
-    assert sda._cache[1][0] is first  # same configuration: no recompilation
+    first = next(iter(sda._cache.values()))["step"]
+    out2 = sda.run(jax.random.key(8), lg["prior"], y=y * 1.1, num_samples=6)
+    # same shapes, new observed values: no recompilation
+    assert next(iter(sda._cache.values()))["step"] is first
     assert not np.allclose(out2.get_samples()["state"][:6], xs[:6])
     # old-style uint32 keys are accepted
     sda.run(jax.random.PRNGKey(0), lg["prior"], y=y, num_samples=4)
     # too few steps for "sda" guidance on this sharp nonlinear operator: a divergence is
     # reported, never returned silently
-    sharp = SDA(model, steps=4, corrections=1, guidance="sda", gamma=0.0, progress=False)
+    sharp = SDA(model, steps=4, corrections=1, guidance=SDAGuidance(gamma=0.0), progress=False)
     with pytest.warns(RuntimeWarning, match="not finite"):
         bad = sharp.run(jax.random.key(7), lg["prior"], y=y * 0 + 50.0, num_samples=16)
     assert bool(jnp.any(bad.sample_stats["diverging"]))
@@ -419,7 +424,8 @@ def test_gibbs_infers_unknown_noise_scale(lg):
         numpyro.sample("y", dist.Normal(x[:, 0], s), obs=y)
 
     n = 256
-    out = SDA(model, steps=256, corrections=0, guidance="mmps", gibbs_sweeps=8,
+    out = SDA(model, steps=256, corrections=0, guidance=MMPS(solver="dense", covariance="tweedie"),
+              gibbs_sweeps=8,
               progress=False).run(jax.random.key(9), lg["prior"], y=jnp.asarray(y, jnp.float32),
                                   num_samples=n)
     samples = out.get_samples()

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 from jax import Array
 
 from numpyro_sda.markov import MarkovPrior
+from numpyro_sda.observation import elementwise_log_prob, normal_view
 from numpyro_sda.tracing import TracedModel
 
 __all__ = [
@@ -69,84 +69,21 @@ def check_baseline_model(traced: TracedModel, method: str) -> MarkovPrior:
     return prior
 
 
-def _expand_trailing(m: Array, ndim: int) -> Array:
-    m = jnp.asarray(m)
-    return m.reshape(m.shape + (1,) * max(0, ndim - m.ndim))
-
-
-def _elementwise_log_prob(fn: dist.Distribution, value: Array) -> Array:
-    """Log-density per element, looking through ``Independent`` (``.to_event``) so that an
-    observation written as one multivariate event still splits into its scalar elements."""
-    if isinstance(fn, dist.Independent):
-        return _elementwise_log_prob(fn.base_dist, value)
-    if isinstance(fn, dist.MaskedDistribution):
-        lp = _elementwise_log_prob(fn.base_dist, value)
-        m = fn._mask
-        if isinstance(m, bool):
-            return lp if m else jnp.zeros_like(lp)
-        m = _expand_trailing(m, len(fn.batch_shape))
-        return jnp.where(_expand_trailing(m, lp.ndim), lp, 0.0)
-    if isinstance(fn, dist.ExpandedDistribution):
-        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-        lp = _elementwise_log_prob(fn.base_dist, value)
-        return jnp.broadcast_to(lp, jnp.broadcast_shapes(lp.shape, shape[: lp.ndim] or ()))
-    return fn.log_prob(value)
-
-
 def flat_log_likelihood(traced: TracedModel, x: Array) -> Array:
     """Concatenated, flattened element-wise log-likelihoods of every observed site.
 
     Their sum is :meth:`TracedModel.log_likelihood`; ``.to_event`` dimensions are split into
     their elements (the Gaussian, Laplace, ... log-densities are sums over them).
     """
-    tr = traced._trace_given(x, None)
-    out = []
-    for name in traced.observed:
-        site = tr[name]
-        lp = _elementwise_log_prob(site["fn"], site["value"])
-        if site.get("mask") is not None:
-            lp = jnp.where(_expand_trailing(site["mask"], lp.ndim), lp, 0.0)
-        if site.get("scale") is not None:
-            lp = _expand_trailing(site["scale"], lp.ndim) * lp
-        out.append(jnp.ravel(lp))
-    return jnp.concatenate(out)
-
-
-def _unwrap_normal(name: str, fn: dist.Distribution) -> tuple[Array, Array, Array]:
-    """(loc, scale, mask) of a (masked, independent, expanded) Normal site, full shape."""
-    mask = None
-    d = fn
-    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-    while True:
-        if isinstance(d, dist.MaskedDistribution):
-            m = d._mask
-            if m is not None and not isinstance(m, bool):
-                m = jnp.asarray(m)
-                m = m.reshape(m.shape + (1,) * (len(shape) - len(tuple(d.batch_shape))))
-                mask = m if mask is None else mask & m
-            elif m is False:
-                mask = jnp.zeros((), bool)
-            d = d.base_dist
-        elif isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
-            d = d.base_dist
-        else:
-            break
-    if not isinstance(d, dist.Normal):
-        raise TypeError(
-            f"observed site {name!r} has a {type(fn).__name__} distribution; this method needs "
-            "Gaussian observation sites, dist.Normal(mean(x), scale) (optionally .to_event or "
-            "masked)"
-        )
-    loc = jnp.broadcast_to(d.loc, shape)
-    scale = jnp.broadcast_to(d.scale, shape)
-    mask = jnp.ones(shape, bool) if mask is None else jnp.broadcast_to(mask, shape)
-    return loc, scale, mask
+    tr = traced.trace_given(x, None)
+    return jnp.concatenate([jnp.ravel(elementwise_log_prob(tr[name])) for name in traced.observed])
 
 
 def gaussian_sites(traced: TracedModel, x: Array) -> tuple[Array, Array, Array]:
     """Flattened (loc, scale, mask) over all observed sites, which must be Gaussian."""
-    fns = traced.site_distributions(x)
-    parts = [_unwrap_normal(name, fns[name]) for name in traced.observed]
+    tr = traced.trace_given(x, None)
+    parts = [normal_view(tr[name]["fn"], name, "this method", tr[name].get("mask"))
+             for name in traced.observed]
     return tuple(jnp.concatenate([jnp.ravel(p[i]) for p in parts]) for i in range(3))
 
 

@@ -24,7 +24,10 @@ from numpyro_sda.score import LocalScore
 
 __all__ = ["available", "path", "load", "info"]
 
-_FILES = {"lorenz63": "lorenz63_window5.npz"}
+_FILES = {
+    "lorenz63": "lorenz63_window5.npz",
+    "lorenz63_window9": "lorenz63_window9.npz",
+}
 
 
 def available() -> list[str]:

@@ -82,6 +82,7 @@ class SDASettings:
     steps: int = 64
     corrections: int = 1
     tau: float = 0.25
+    eta: float = 0.0
     guidance: Guidance = DEFAULT_GUIDANCE
     bounds: Any = "auto"
     chunk_size: int = 1024
@@ -98,6 +99,8 @@ class SDASettings:
         object.__setattr__(self, "gibbs_sweeps", _as_int(self.gibbs_sweeps, "gibbs_sweeps", 0))
         object.__setattr__(self, "slice_updates", _as_int(self.slice_updates, "slice_updates", 1))
         check_sampler_settings(self.steps, self.corrections, self.tau)
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         object.__setattr__(self, "guidance", resolve(self.guidance))
         b = self.bounds
         if not (b is None or (isinstance(b, str) and b == "auto")):
@@ -187,6 +190,8 @@ class SDA(InferenceMethod):
         steps: number of reverse-diffusion (predictor) steps :math:`S`.
         corrections: Langevin corrections :math:`C` per step.
         tau: Langevin step size factor :math:`\tau`.
+        eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see
+            :func:`numpyro_sda.sampling.reverse_step`.
         guidance: a :class:`~numpyro_sda.guidance.Guidance` (``MMPS(...)``,
             ``SDAGuidance(gamma)``, ``DPS(zeta)``) or its name as a shorthand with defaults.
         bounds: the box the guided denoiser is kept in: ``"auto"`` (the range of the prior's
@@ -227,6 +232,7 @@ class SDA(InferenceMethod):
         steps: int = SDASettings.steps,
         corrections: int = SDASettings.corrections,
         tau: float = SDASettings.tau,
+        eta: float = SDASettings.eta,
         guidance: Guidance | str = DEFAULT_GUIDANCE,
         bounds: Any = "auto",
         chunk_size: int = 1024,
@@ -243,7 +249,8 @@ class SDA(InferenceMethod):
     ) -> None:
         guidance = _legacy_guidance(guidance, gamma, zeta, cg_maxiter, cg_tol)
         settings = SDASettings(
-            steps=steps, corrections=corrections, tau=float(tau), guidance=guidance,
+            steps=steps, corrections=corrections, tau=float(tau), eta=float(eta),
+            guidance=guidance,
             bounds=bounds, chunk_size=chunk_size, progress=bool(progress),
             predictive=bool(predictive), sparse_guidance=bool(sparse_guidance),
             gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates,
@@ -333,7 +340,7 @@ class SDA(InferenceMethod):
             _, obs = observation_model(dynamic)
             eps_y = self._guided(traced, obs, grad_states)
             return jax.vmap(lambda k, x: reverse_step(k, x, t, u, eps_y, prior.sde,
-                                                      s.corrections, s.tau))(keys, xs)
+                                                      s.corrections, s.tau, s.eta))(keys, xs)
 
         box = self.box(prior)
 
@@ -418,6 +425,7 @@ class SDA(InferenceMethod):
         keys = jax.random.split(key_sample, num_chunks * chunk).reshape(num_chunks, chunk)
         times = np.asarray(diffusion_times(s.steps))
         dyn = arguments.dynamic
+        box = self.box(prior)
         bar = None
         if s.progress:
             from tqdm.auto import tqdm
@@ -445,6 +453,8 @@ class SDA(InferenceMethod):
                         if bar is not None:
                             bar.update(1)
                     params = {}
+                if box is not None:  # the last step adds noise of order sigma(0) = eta_sde
+                    xs = jnp.clip(xs, *box)
                 diag_all.append(built["diagnostics"](xs, dyn, params))
                 xs_all.append(xs)
                 par_all.append(params)

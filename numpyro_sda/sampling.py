@@ -57,6 +57,7 @@ def predictor_corrector(
     dtype=jnp.float32,
     x_init: Array | None = None,
     spacing: str = "uniform",
+    eta: float = 0.0,
 ) -> Array:
     """Draw one trajectory of ``shape`` by reverse diffusion from :math:`t = 1` to :math:`t = 0`.
 
@@ -70,6 +71,7 @@ def predictor_corrector(
         tau: Langevin step size factor :math:`\\tau`.
         x_init: optional starting point at :math:`t = 1` (default: a standard normal draw).
         spacing: the time grid, ``"uniform"`` or ``"edm"`` (see :func:`diffusion_times`).
+        eta: stochasticity of the predictor (see :func:`reverse_step`).
 
     Returns:
         the sample at :math:`t = 0`, of shape ``shape``.
@@ -82,7 +84,7 @@ def predictor_corrector(
 
     def step(x: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
         t, s, k = inputs
-        return reverse_step(k, x, t, s, eps, sde, corrections, tau), None
+        return reverse_step(k, x, t, s, eps, sde, corrections, tau, eta), None
 
     keys = jax.random.split(key, steps)
     x, _ = jax.lax.scan(step, x, (times[:-1], times[1:], keys))
@@ -113,7 +115,8 @@ def diffusion_times(steps: int, dtype=jnp.float32, sde: VPSDE | None = None,
 
     sde = VPSDE() if sde is None else sde
     dense = np.linspace(0.0, 1.0, 100_001)
-    ratio = np.asarray(sde.sigma(dense) / sde.mu(dense), np.float64)  # increasing in t
+    with jax.ensure_compile_time_eval():  # a constant grid, also when called under jit
+        ratio = np.asarray(sde.sigma(dense) / sde.mu(dense), np.float64)  # increasing in t
     lo, hi = ratio[0] ** (1 / rho), ratio[-1] ** (1 / rho)
     target = (hi + np.linspace(0.0, 1.0, steps + 1) * (lo - hi)) ** rho
     t = np.interp(np.log(target), np.log(ratio), dense)
@@ -130,11 +133,36 @@ def reverse_step(
     sde: VPSDE,
     corrections: int = 0,
     tau: float = 1.0,
+    eta: float = 0.0,
 ) -> Array:
-    """One predictor step from ``t`` to ``s < t`` and ``corrections`` Langevin steps at ``s``
-    (see the module docstring), on ONE trajectory."""
-    r = sde.mu(s) / sde.mu(t)
-    x = (r * x + (sde.sigma(s) - r * sde.sigma(t)) * eps(x, t)).astype(x.dtype)
+    r"""One predictor step from ``t`` to ``s < t`` and ``corrections`` Langevin steps at ``s``
+    (see the module docstring), on ONE trajectory.
+
+    With ``eta > 0`` the predictor is the stochastic DDIM step (Song et al., 2021, "Denoising
+    diffusion implicit models", Eq. 12), written with :math:`\tilde\sigma = \sigma/\mu` and the
+    denoiser :math:`\hat{x} = (x - \sigma_t \varepsilon)/\mu_t`:
+
+    .. math:: x_s = \mu_s \big(\hat{x} + \sqrt{\tilde\sigma_s^2 - c^2}\, \varepsilon + c\, z\big),
+              \qquad c^2 = \eta^2\, \tilde\sigma_s^2\, \frac{\tilde\sigma_t^2 -
+              \tilde\sigma_s^2}{\tilde\sigma_t^2},
+
+    which is the deterministic exponential integrator at :math:`\eta = 0` and ancestral (DDPM)
+    sampling at :math:`\eta = 1`; the injected noise lets the sampler forget part of the error
+    that an imperfect (e.g. composed, learned) score accumulates along the deterministic flow.
+    """
+    e = eps(x, t)
+    if eta > 0:
+        key, kz = jax.random.split(key)
+        mu_t, sg_t, mu_s, sg_s = sde.mu(t), sde.sigma(t), sde.mu(s), sde.sigma(s)
+        rt2, rs2 = (sg_t / mu_t) ** 2, (sg_s / mu_s) ** 2
+        c2 = eta**2 * rs2 * (rt2 - rs2) / rt2
+        xh = (x - sg_t * e) / mu_t
+        z = jax.random.normal(kz, x.shape, x.dtype)
+        x = (mu_s * (xh + jnp.sqrt(jnp.maximum(rs2 - c2, 0.0)) * e + jnp.sqrt(c2) * z)).astype(
+            x.dtype)
+    else:
+        r = sde.mu(s) / sde.mu(t)
+        x = (r * x + (sde.sigma(s) - r * sde.sigma(t)) * e).astype(x.dtype)
     if corrections > 0:
 
         def body(x, k):
@@ -158,12 +186,13 @@ def sample_trajectories(
     tau: float = 1.0,
     dtype=jnp.float32,
     spacing: str = "uniform",
+    eta: float = 0.0,
 ) -> Array:
     """Draw ``num_samples`` independent trajectories, vmapped over samples (one compiled call)."""
     keys = jax.random.split(key, num_samples)
 
     def one(k: Array) -> Array:
         return predictor_corrector(k, eps, shape, sde, steps, corrections, tau, dtype,
-                                   spacing=spacing)
+                                   spacing=spacing, eta=eta)
 
     return jax.vmap(one)(keys)

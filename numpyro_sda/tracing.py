@@ -240,25 +240,17 @@ def trace_model(
 
 
 def _check_obs_mask(name: str, fn: Any, value: Array, sites: dict) -> None:
-    """numpyro broadcasts ``obs_mask`` against the site's batch shape, so a mask of the wrong
-    shape silently changes the site; require it to have (or broadcast to) exactly that shape."""
-    import numpyro.distributions as nd
-
+    """numpyro broadcasts ``obs_mask`` against the site's batch shape (expanding the site), so a
+    mask of the wrong shape silently changes the site; refuse it with a message naming the mask."""
     base = name[: -len("_observed")] if name.endswith("_observed") else None
     if base is None or f"{base}_unobserved" not in sites:
         return
-    if not isinstance(fn, nd.MaskedDistribution):
-        return
-    mask_shape = tuple(jnp.shape(fn._mask))
-    batch = tuple(fn.base_dist.batch_shape)
-    ok = len(mask_shape) <= len(batch)
-    if ok:
-        try:
-            ok = tuple(jnp.broadcast_shapes(mask_shape, batch)) == batch
-        except ValueError:
-            ok = False
-    if not ok:
+    full = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    if full != tuple(value.shape):
+        batch = tuple(value.shape)[: value.ndim - len(fn.event_shape)]
         raise ValueError(
-            f"obs_mask of site {base!r} has shape {mask_shape}, but the site's distribution has "
-            f"batch shape {batch}; the mask must have that shape (one flag per observation)"
+            f"obs_mask of site {base!r} does not fit the observations: numpyro broadcast it to "
+            f"batch shape {tuple(fn.batch_shape)}, but the observed values have shape "
+            f"{tuple(value.shape)}; the mask must have the site's batch shape {batch} (one flag "
+            "per observation)"
         )

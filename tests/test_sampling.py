@@ -46,8 +46,11 @@ def _gaussian_eps(mean, cov, sde):
     return eps
 
 
-@pytest.mark.parametrize(("corrections", "tau"), [(0, 1.0), (1, 1e-3)])
-def test_sampler_recovers_gaussian_moments(corrections, tau):
+@pytest.mark.parametrize(("corrections", "tau", "eta", "spacing"),
+                         [(0, 1.0, 0.0, "uniform"), (1, 1e-3, 0.0, "uniform"),
+                          (0, 1.0, 1.0, "uniform"), (0, 1.0, 0.0, "edm")],
+                         ids=["ddim", "langevin", "ancestral", "edm-grid"])
+def test_sampler_recovers_gaussian_moments(corrections, tau, eta, spacing):
     # Unadjusted Langevin with step h = tau sigma^2 inflates a Gaussian of variance v by
     # 1 / (1 - h / 2v): tau = 0.25 (the paper's value) biases the spread by ~10% at high noise,
     # and the excess compounds over steps (measured here: +5-10% at tau = 0.05, +7-18% at
@@ -62,7 +65,8 @@ def test_sampler_recovers_gaussian_moments(corrections, tau):
     eps = _gaussian_eps(mean, cov, sde)
     draws = jax.jit(
         lambda k: sample_trajectories(k, eps, 4000, shape, sde, steps=64,
-                                      corrections=corrections, tau=tau)
+                                      corrections=corrections, tau=tau, eta=eta,
+                                      spacing=spacing)
     )(jax.random.PRNGKey(1))
     flat = np.asarray(draws).reshape(4000, -1)
     sd = np.sqrt(np.diag(np.asarray(cov)))
@@ -83,3 +87,15 @@ def test_sampler_bad_arguments():
         predictor_corrector(jax.random.PRNGKey(0), eps, (3,), corrections=-1)
     with pytest.raises(ValueError, match="tau must be positive"):
         predictor_corrector(jax.random.PRNGKey(0), eps, (3,), tau=0.0)
+
+
+def test_time_grids():
+    from numpyro_sda.sampling import diffusion_times
+
+    for spacing in ("uniform", "edm"):
+        t = np.asarray(diffusion_times(32, sde=VPSDE(), spacing=spacing))
+        assert t[0] == 1.0 and t[-1] == 0.0 and np.all(np.diff(t) < 0)
+    # EDM spacing refines the low-noise end far below the uniform grid's first step 1/32
+    assert 0 < float(diffusion_times(32, spacing="edm")[-2]) < 0.1 / 32
+    with pytest.raises(ValueError, match="spacing"):
+        diffusion_times(8, spacing="log")

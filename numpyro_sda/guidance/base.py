@@ -20,7 +20,9 @@ training data, with a margin) and returns :math:`\varepsilon_y = (x_t - \mu\, \P
 \varepsilon_y` is then a combination of a bounded point and the current state with weight
 :math:`\sigma(s)/\sigma(t) < 1`, so no sequence of guidance steps can leave the box by more than the
 diffusion noise: a strong or badly linearised likelihood gradient (a nonlinear operator far from
-its data, a tiny noise) can no longer diverge. Inside the box the projection does nothing, so exact
+its data, a tiny noise) can no longer diverge. (:class:`numpyro_sda.SDA` also projects the final
+draws, which the last step leaves within :math:`\sigma(0) = 10^{-3}` times a standard normal of
+the box.) Inside the box the projection does nothing, so exact
 guidance stays exact.
 """
 

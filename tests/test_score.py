@@ -196,8 +196,8 @@ def test_chunked_remat_eps_equals_batched(chunk):
 
 def test_auto_chunk_sizes():
     """'auto' leaves MLP scores and small fields unchunked and splits the paper's Kolmogorov
-    UNet (64x64, (96, 192, 384) x (3, 3, 3)) into chunks of about 1 GiB of saved activations."""
-    from numpyro_sda.score import _chunk_size, activation_bytes
+    UNet (64x64, (96, 192, 384) x (3, 3, 3)) on 127 states into chunks within the budget."""
+    from numpyro_sda.score import _chunk_size, activation_bytes, auto_chunk_budget
 
     mlp = LocalScore.mlp(3, window=5).config
     assert _chunk_size(mlp, jnp.zeros((1021, 5, 3)), "auto") == 1021
@@ -205,7 +205,7 @@ def test_auto_chunk_sizes():
     per_window = activation_bytes(paper, (2, 64, 64))
     assert 100e6 < per_window < 200e6  # ~131 MB estimated per window
     size = _chunk_size(paper, jnp.zeros((123, 5, 2, 64, 64)), "auto")
-    assert size * per_window <= 1 << 30 and size >= 5
+    assert size * per_window <= auto_chunk_budget() and 5 <= size < 123
     assert _chunk_size(paper, jnp.zeros((123, 5, 2, 64, 64)), None) == 123
     with pytest.raises(ValueError, match="chunk"):
         _chunk_size(paper, jnp.zeros((10, 5, 2, 64, 64)), 0)

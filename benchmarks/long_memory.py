@@ -43,7 +43,8 @@ def worker(net: str, chunk: str, run: bool, length: int) -> dict:
     from numpyro_sda.score import LocalScore
 
     score = LocalScore.unet(2, window=5, size=64, rngs=0, **NETS[net])
-    eps = score.eps_fn(chunk={"none": None, "auto": "auto"}.get(chunk) or int(chunk))
+    mode = None if chunk == "none" else ("auto" if chunk == "auto" else int(chunk))
+    eps = score.eps_fn(chunk=mode)
     sde = score.sde
     gamma, s = 1e-2, 0.1
 
@@ -69,8 +70,7 @@ def worker(net: str, chunk: str, run: bool, length: int) -> dict:
     from numpyro_sda.score import _chunk_size
 
     windows = jnp.zeros((length - 4, 5, 2, 64, 64))
-    size = _chunk_size(score.config, windows, None if chunk == "none" else (
-        "auto" if chunk == "auto" else int(chunk)))
+    size = _chunk_size(score.config, windows, mode)
     out = {"net": net, "chunk": chunk, "chunk_size": size, "params": score.num_params(),
            "length": length,
            "xla_peak_gib": xla_bytes / 2**30, "compile_s": compile_s}

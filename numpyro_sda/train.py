@@ -510,11 +510,11 @@ def train_score(
             )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
-    if precision is not None:
-        score.set_precision(precision)
     settings = config.recorded()
     checkpointer = _Checkpointer(checkpoint, score, settings, config.save_every)
     train_x, valid_x = _prepare_data(score, train, valid, normalization)
+    if precision is not None:
+        score.set_precision(precision)
     batch_sharding = _batch_sharding(mesh, config.batch_size)
 
     graphdef, params, rest = nnx.split(score, nnx.Param, ...)

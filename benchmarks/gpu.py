@@ -150,7 +150,7 @@ def main() -> None:
             print(f"| {r['name']} | | | | | {r['error']} |")
             continue
         sps = f"{r['steps_per_s']:.1f}" if "steps_per_s" in r else ""
-        tf = f"{r['tflops']:.2f}" if "tflops" in r else ""
+        tf = f"{r['tflops']:.3g}" if "tflops" in r else ""
         spstep = f"{r['s_per_step']:.4f}" if "s_per_step" in r else ""
         note = f"{r['params'] / 1e6:.1f} M params" if "params" in r else (
             "" if r.get("finite", True) else "non-finite draws")

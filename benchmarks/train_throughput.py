@@ -59,9 +59,11 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="compute precision of the matmuls (bf16: float32 weights/accumulation)")
     args = parser.parse_args()
 
-    score = LocalScore.mlp(3, window=5, hidden=256, depth=5)
+    score = LocalScore.mlp(3, window=5, hidden=256, depth=5, precision=args.precision)
     data = jax.random.normal(jax.random.key(1), (819, 1024, 3), jnp.float32)
     batch = args.batch
     graphdef, params, rest = nnx.split(score, nnx.Param, ...)
@@ -94,7 +96,7 @@ def main() -> None:
     rate = max(rates)
 
     # the whole train_score loop (validation + progress between chunks), for comparison
-    small = LocalScore.mlp(3, window=5, hidden=256, depth=5)
+    small = LocalScore.mlp(3, window=5, hidden=256, depth=5, precision=args.precision)
     h = train_score(small, data, data[:64], steps=5 * args.chunk, chunk=args.chunk,
                     progress=False, valid_size=1024).history
     loop_rate = 4 * args.chunk / (h["elapsed"][-1] - h["elapsed"][0])
@@ -105,7 +107,7 @@ def main() -> None:
     achieved = step_flops * rate / 1e9
 
     rows = [
-        ("network", "MLP window 5, width 256, depth 5, SiLU"),
+        ("network", f"MLP window 5, width 256, depth 5, SiLU, {args.precision}"),
         ("parameters", f"{score.num_params():,}"),
         ("batch", f"{batch}"),
         ("forward FLOPs / step (dense layers)", f"{fwd / 1e6:.1f} M"),

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ __all__ = [
     "load_checkpoint",
     "flatten_tree",
     "restore_tree",
+    "same_config",
+    "check_writable",
 ]
 
 FORMAT = "numpyro-sda/local-score"
@@ -121,6 +124,35 @@ class Checkpoint:
         if not self.has_ema:
             raise ValueError("this checkpoint holds no EMA weights")
         return restore_tree(template, self.arrays, "ema/", "EMA weights")
+
+
+def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :attr:`LocalScore.config` describe the same architecture and precision
+    (configurations written before ``precision`` existed are float32)."""
+    return {"precision": "fp32", **a} == {"precision": "fp32", **b}
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Check, before any expensive work, that a checkpoint can be written at ``path``: its
+    directory exists or can be created and accepts a new file (one is created and removed).
+
+    Raises:
+        PermissionError / OSError: naming the path, when it cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise type(err)(
+            f"cannot write the checkpoint {path}: {err.strerror or err} (checked before training "
+            "so that no work is lost)"
+        ) from err
+    return path
 
 
 def _normalization_json(normalization) -> dict[str, Any] | None:
@@ -207,14 +239,26 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): the file was never written")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # the file is opened here, not by np.load: np.load leaks its handle when the zip
+        # directory cannot be read (a truncated file)
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as err:
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err}); "
+            "restore it from a copy or retrain"
+        ) from err
+    except (ValueError, OSError, KeyError) as err:
         raise ValueError(f"{path} is not a readable numpyro-sda checkpoint: {err}") from err
     if "__header__" not in arrays:
         raise ValueError(f"{path} is not a numpyro-sda checkpoint (no header)")
-    header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
+    try:
+        header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint {path} has a corrupt header: {err}") from err
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}")
     version = header.get("version")
@@ -236,7 +280,7 @@ def load_checkpoint(
     header, arrays = _read(path)
     if score is None:
         score = LocalScore.from_config(header["score"])
-    elif score.config != header["score"]:
+    elif not same_config(score.config, header["score"]):
         raise ValueError(
             f"checkpoint {path} holds a different architecture: stored config "
             f"{header['score']} != this score's config {score.config}"

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from numpyro_sda.parallel import block_interruptibly
 from numpyro_sda.systems.base import DynamicalSystem, check_length
 
 __all__ = [
@@ -187,7 +188,8 @@ def simulate(
     parts = []
     for start in range(0, num_trajectories, chunk):
         stop = min(start + chunk, num_trajectories)
-        x = run(_trajectory_keys(key, start, start + chunk))[:stop - start]  # padded: one compile
+        # padded: one compile; Ctrl-C interrupts the wait within a fraction of a second
+        x = block_interruptibly(run(_trajectory_keys(key, start, start + chunk)))[:stop - start]
         _check_finite(np.asarray(x), start)
         parts.append(x)
     x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
@@ -294,19 +296,23 @@ def generate(
                 offsets.append((name, a, a + c))
                 a += c
             bar = _progress(num_trajectories, progress, f"{type(system).__name__} -> {path.name}")
-            for start in range(0, num_trajectories, chunk):
-                stop = min(start + chunk, num_trajectories)
-                keys = _trajectory_keys(key, start, start + chunk)  # padded: one compile
-                x = np.asarray(run(keys), np.float32)[:stop - start]
-                _check_finite(x, start)
-                for name, lo, hi in offsets:
-                    s, e = max(lo, start), min(hi, stop)
-                    if s < e:
-                        dsets[name][s - lo:e - lo] = x[s - start:e - start]
+            try:
+                for start in range(0, num_trajectories, chunk):
+                    stop = min(start + chunk, num_trajectories)
+                    keys = _trajectory_keys(key, start, start + chunk)  # padded: one compile
+                    # Ctrl-C interrupts the wait within a fraction of a second (the partial
+                    # file is removed below: a dataset is published whole or not at all)
+                    x = np.asarray(block_interruptibly(run(keys)), np.float32)[:stop - start]
+                    _check_finite(x, start)
+                    for name, lo, hi in offsets:
+                        s, e = max(lo, start), min(hi, stop)
+                        if s < e:
+                            dsets[name][s - lo:e - lo] = x[s - start:e - start]
+                    if bar is not None:
+                        bar.update(stop - start)
+            finally:
                 if bar is not None:
-                    bar.update(stop - start)
-            if bar is not None:
-                bar.close()
+                    bar.close()
             f.attrs["complete"] = True  # written last: marks a finished file
         os.replace(tmp, path)
     except BaseException:
@@ -321,7 +327,7 @@ def _progress(total: int, enabled: bool, desc: str):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="traj")
+    return tqdm(total=total, desc=desc, unit="traj", dynamic_ncols=True)  # rate and ETA
 
 
 def _open(path: Path) -> h5py.File:

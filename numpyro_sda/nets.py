@@ -29,7 +29,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
-__all__ = ["ACTIVATIONS", "TimeEmbedding", "ResMLP", "UNet", "ModResidualBlock"]
+__all__ = [
+    "ACTIVATIONS",
+    "PRECISIONS",
+    "TimeEmbedding",
+    "ResMLP",
+    "UNet",
+    "ModResidualBlock",
+    "set_precision",
+]
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": jax.nn.silu,
@@ -38,6 +46,29 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "elu": jax.nn.elu,
     "tanh": jnp.tanh,
 }
+
+
+#: Compute precisions: the dtype of matmul/convolution operands (``None``: float32). Parameters,
+#: accumulation (``preferred_element_type``), normalisation, activations and residual streams
+#: stay float32 in every mode.
+PRECISIONS: dict[str, jnp.dtype | None] = {"fp32": None, "bf16": jnp.bfloat16}
+
+
+def set_precision(module: nnx.Module, precision: str) -> nnx.Module:
+    """Switch every ``nnx.Linear``/``nnx.Conv`` of ``module`` to ``precision`` in place.
+
+    ``"bf16"`` casts the inputs and float32 weights of each matmul and convolution to bfloat16
+    and accumulates in float32 (``preferred_element_type=float32``, so outputs are float32);
+    ``"fp32"`` restores plain float32. Parameters are never converted.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    for _, m in nnx.iter_graph(module):
+        if isinstance(m, nnx.Linear | nnx.Conv):
+            m.dtype = dtype
+            m.preferred_element_type = None if dtype is None else jnp.float32
+    return module
 
 
 def _activation(name: str) -> Callable[[Array], Array]:

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 from jax import Array
 
-from numpyro_sda.nets import ResMLP, TimeEmbedding, UNet, _as_rngs
+from numpyro_sda.nets import PRECISIONS, ResMLP, TimeEmbedding, UNet, _as_rngs, set_precision
 from numpyro_sda.sde import VPSDE
 
 __all__ = ["LocalScore", "Constant", "unfold", "fold"]
@@ -69,6 +69,72 @@ def windows_of_states(states: np.ndarray, window: int) -> np.ndarray:
     out = np.zeros(n, bool)
     out[idx[states]] = True
     return out
+
+
+#: "auto" chunking keeps the estimated saved activations of one trajectory's chunk below this on
+#: CPU; on accelerators the budget is a quarter of the device's memory. Chunking (lax.map) is
+#: much slower on CPU (3-4x measured), so it is used only where memory demands it.
+AUTO_CHUNK_BYTES = 4 << 30
+
+
+def auto_chunk_budget() -> int:
+    """Bytes of saved activations per trajectory that ``chunk="auto"`` allows."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # backends without memory statistics
+        stats = {}
+    limit = stats.get("bytes_limit")
+    return int(limit) // 4 if limit else AUTO_CHUNK_BYTES
+
+
+def activation_bytes(config: dict[str, Any], state_shape: tuple[int, ...]) -> int:
+    r"""Rough bytes of activations a backward pass saves per window (float32), for chunking.
+
+    UNet: each modulated residual block keeps about 8 tensors of its level's size
+    (:math:`N / 4^i` positions times ``hidden_channels[i]`` channels, 2-D) on the way down and
+    as many on the way up: :math:`\sum_i 2 \cdot 8 \cdot b_i c_i N / 2^{d i} \cdot 4` bytes.
+    MLP: :math:`2 \cdot 8 \cdot \text{depth} \cdot \text{hidden} \cdot 4` bytes.
+    """
+    if config["kind"] == "mlp":
+        return 64 * int(config["depth"]) * int(config["hidden"])
+    spatial = int(np.prod(state_shape[1:]))
+    d = int(config["spatial"])
+    return sum(
+        64 * int(b) * int(c) * spatial // (2 ** (d * i))
+        for i, (c, b) in enumerate(zip(config["hidden_channels"], config["blocks"], strict=True))
+    )
+
+
+def _chunk_size(config: dict[str, Any], w: Array, chunk: int | str | None) -> int:
+    n = w.shape[0]
+    if chunk is None:
+        return n
+    if chunk == "auto":
+        size = max(1, auto_chunk_budget() // max(1, activation_bytes(config, w.shape[2:])))
+    elif isinstance(chunk, int | np.integer) and not isinstance(chunk, bool) and chunk >= 1:
+        size = int(chunk)
+    else:
+        raise ValueError(f"chunk must be a positive integer, 'auto' or None, got {chunk!r}")
+    if size >= n:
+        return n
+    pieces = -(-n // size)
+    return -(-n // pieces)  # balanced chunks: at most pieces - 1 padded windows
+
+
+def _chunked_local(module: LocalScore, w: Array, t: Array, size: int, remat: bool) -> Array:
+    """``module.local`` over chunks of ``size`` windows with :func:`jax.lax.map` (the last
+    chunk padded by repeating the last window), optionally rematerialised."""
+    n = w.shape[0]
+    pieces = -(-n // size)
+    pad = pieces * size - n
+    if pad:
+        w = jnp.concatenate([w, jnp.broadcast_to(w[-1:], (pad, *w.shape[1:]))])
+
+    def one(wc: Array) -> Array:
+        return module.local(wc, t)
+
+    out = jax.lax.map(jax.checkpoint(one) if remat else one, w.reshape(pieces, size, *w.shape[1:]))
+    return out.reshape(pieces * size, *w.shape[1:])[:n]
 
 
 class LocalScore(nnx.Module):
@@ -144,6 +210,10 @@ class LocalScore(nnx.Module):
                 self.context = None
         else:
             raise ValueError(f"unknown LocalScore kind {kind!r}; expected 'mlp' or 'unet'")
+        precision = config.setdefault("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+        set_precision(self.network, precision)
         self._config = json.dumps(config, sort_keys=True)
         self._normalization = "null"
 
@@ -159,12 +229,14 @@ class LocalScore(nnx.Module):
         embedding: int = 32,
         activation: str = "silu",
         sde: VPSDE | None = None,
+        precision: str = "fp32",
         rngs: nnx.Rngs | int = 0,
     ) -> LocalScore:
         """A ResMLP kernel on flattened windows of ``window`` states with ``features`` each.
 
         The paper's Lorenz-63 configuration is ``LocalScore.mlp(3, window=5, hidden=256,
-        depth=5)`` (SiLU, 32 time-embedding features).
+        depth=5)`` (SiLU, 32 time-embedding features). ``precision="bf16"`` runs the matmuls
+        in bfloat16 with float32 weights and accumulation (see :func:`~numpyro_sda.nets.set_precision`).
         """
         sde = VPSDE() if sde is None else sde
         config = dict(
@@ -177,6 +249,7 @@ class LocalScore(nnx.Module):
             activation=activation,
             alpha=sde.alpha,
             eta=sde.eta,
+            precision=precision,
         )
         return cls(config, rngs=rngs)
 
@@ -195,6 +268,7 @@ class LocalScore(nnx.Module):
         embedding: int = 64,
         activation: str = "silu",
         sde: VPSDE | None = None,
+        precision: str = "fp32",
         rngs: nnx.Rngs | int = 0,
     ) -> LocalScore:
         """A UNet kernel on windows stacked as channels; states have shape ``(channels, *size)``.
@@ -210,6 +284,8 @@ class LocalScore(nnx.Module):
             size: spatial size(s) of a state; inferred from ``context`` when given, otherwise
                 optional (then ``state_shape`` has ``None`` entries and any size divisible by
                 ``2**(levels-1)`` is accepted).
+            precision: ``"fp32"`` or ``"bf16"`` (bfloat16 convolutions and matmuls, float32
+                weights and accumulation; recorded in :attr:`config`, hence in checkpoints).
         """
         sde = VPSDE() if sde is None else sde
         if spatial not in (1, 2):
@@ -243,6 +319,7 @@ class LocalScore(nnx.Module):
             activation=activation,
             alpha=sde.alpha,
             eta=sde.eta,
+            precision=precision,
         )
         score = cls(config, rngs=rngs)
         if ctx is not None:
@@ -258,6 +335,19 @@ class LocalScore(nnx.Module):
     def config(self) -> dict[str, Any]:
         """The constructor configuration (a fresh copy)."""
         return json.loads(self._config)
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``: the compute precision of the network's matmuls/convolutions."""
+        return self.config["precision"]
+
+    def set_precision(self, precision: str) -> None:
+        """Switch the compute precision (``"fp32"``/``"bf16"``) in place; weights are unchanged
+        and stay float32. Recorded in :attr:`config`."""
+        set_precision(self.network, precision)
+        config = self.config
+        config["precision"] = precision
+        self._config = json.dumps(config, sort_keys=True)
 
     @property
     def normalization(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -354,9 +444,7 @@ class LocalScore(nnx.Module):
         out = self.network(h, e)
         return jnp.moveaxis(out, -1, 1).reshape(w.shape)
 
-    def __call__(self, x: Array, t: Array | float) -> Array:
-        """Composed noise prediction of ONE trajectory ``x`` ``(length, *state_shape)``."""
-        x = jnp.asarray(x)
+    def _check_trajectory(self, x: Array, t: Array | float) -> None:
         if x.ndim != 1 + len(self.state_shape):
             raise ValueError(
                 f"expected ONE trajectory of shape (length, *{self.state_shape}), got {x.shape}; "
@@ -370,10 +458,21 @@ class LocalScore(nnx.Module):
             )
         if jnp.ndim(t) != 0:
             raise ValueError(f"t must be a scalar, got shape {jnp.shape(t)}")
+
+    def __call__(self, x: Array, t: Array | float) -> Array:
+        """Composed noise prediction of ONE trajectory ``x`` ``(length, *state_shape)``."""
+        x = jnp.asarray(x)
+        self._check_trajectory(x, t)
         windows = unfold(x, self.window)
         return fold(self.local(windows, t), self.order)
 
-    def eps_fn(self, grad_states: Any = None) -> Callable[[Array, Array], Array]:
+    def eps_fn(
+        self,
+        grad_states: Any = None,
+        *,
+        chunk: int | str | None = "auto",
+        remat: bool | None = None,
+    ) -> Callable[[Array, Array], Array]:
         r"""A pure function ``eps(x, t)`` (one trajectory, scalar ``t``) with frozen weights.
 
         It can be jitted, vmapped, scanned and differentiated; later changes to this module do
@@ -388,12 +487,36 @@ class LocalScore(nnx.Module):
                 needs the windows that produce observed states: with 9 observed states out of 65
                 (Lorenz-63 "lo") the backward pass runs over 9 windows instead of 61. Values are
                 unchanged and gradients are exact for any cotangent supported on ``grad_states``.
+            chunk: windows per network call. ``None``: all :math:`L - 2k` windows in one batched
+                call (fastest, memory :math:`O(L)` activations). An integer: the windows go
+                through :func:`jax.lax.map` in chunks of at most this many, so a backward pass
+                keeps the activations of one chunk at a time. ``"auto"`` (default): chunks
+                whose estimated saved activations fit in :func:`auto_chunk_budget` per trajectory
+                (4 GiB on CPU, a quarter of an accelerator's memory; see
+                :func:`activation_bytes`): MLP scores and short trajectories stay unchunked; on
+                CPU a 64x64x127-state Kolmogorov trajectory with the paper's UNet gets 4 chunks
+                of 31 windows.
+            remat: rematerialise each chunk in the backward pass (:func:`jax.checkpoint`: only
+                the chunk's input windows are saved; the forward is recomputed). Default: on
+                when the windows are chunked. Values and gradients are unchanged.
         """
         graphdef, state = nnx.split(self)
+        window, order, config = self.window, self.order, self.config
+
+        def run(module: LocalScore, w: Array, t: Array, differentiable: bool) -> Array:
+            size = _chunk_size(config, w, chunk)
+            if size >= w.shape[0]:
+                return module.local(w, t)
+            use_remat = differentiable if remat is None else bool(remat)
+            return _chunked_local(module, w, t, size, use_remat and differentiable)
+
         if grad_states is None:
 
             def eps(x: Array, t: Array) -> Array:
-                return nnx.merge(graphdef, state)(x, t)
+                module = nnx.merge(graphdef, state)
+                x = jnp.asarray(x)
+                module._check_trajectory(x, t)
+                return fold(run(module, unfold(x, window), t, True), order)
 
             return eps
 
@@ -408,13 +531,13 @@ class LocalScore(nnx.Module):
                     f"this eps was built for trajectories of {length} states, got {x.shape[0]}"
                 )
             module = nnx.merge(graphdef, state)
-            w = unfold(x, self.window)
+            w = unfold(x, window)
             parts = []
             if act.size:
-                parts.append(module.local(w[act], t))
+                parts.append(run(module, w[act], t, True))
             if inact.size:
-                parts.append(module.local(jax.lax.stop_gradient(w[inact]), t))
-            return fold(jnp.concatenate(parts)[perm], self.order)
+                parts.append(run(module, jax.lax.stop_gradient(w[inact]), t, False))
+            return fold(jnp.concatenate(parts)[perm], order)
 
         return eps_sparse
 

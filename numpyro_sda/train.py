@@ -34,15 +34,29 @@ import numpy as np
 import optax
 from flax import nnx
 from jax import Array
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from numpyro_sda.checkpoint import load_checkpoint, save_score
+from numpyro_sda.checkpoint import check_writable, load_checkpoint, save_score
 from numpyro_sda.data import sample_windows
+from numpyro_sda.parallel import (
+    DRAWS,
+    block_interruptibly,
+    check_partitionable,
+    draws_mesh,
+    draws_sharding,
+    num_shards,
+)
 from numpyro_sda.score import LocalScore
 
 __all__ = [
     "train_score",
+    "TrainConfig",
     "TrainResult",
     "dsm_loss",
+    "make_loss_and_grad",
+    "make_train_step",
+    "run_chunks",
     "make_optimizer",
     "make_optimizer_schedule",
     "make_chunk_fn",
@@ -63,7 +77,8 @@ class TrainResult:
             entry per validation (``train_loss`` is the mean loss of the steps since the
             previous entry; ``elapsed`` is wall time in seconds).
         stop_reason: ``"completed"``, ``"nan"`` (a non-finite loss; the last finite state is
-            kept), ``"time_limit"`` or ``"callback"``.
+            kept), ``"time_limit"`` or ``"callback"`` (Ctrl-C raises ``KeyboardInterrupt``
+            after saving; see :func:`train_score`).
         step: the number of optimiser steps reached.
         elapsed: training wall time in seconds (compilation included).
     """
@@ -137,48 +152,92 @@ def dsm_loss(model: LocalScore, w: Array, t: Array, eps: Array) -> Array:
     return jnp.mean((model.local(x_t, t) - eps) ** 2)
 
 
+def make_loss_and_grad(
+    graphdef: nnx.GraphDef,
+    batch_size: int,
+    window: int,
+    batch_sharding: NamedSharding | None = None,
+) -> Callable[..., tuple[Array, Any]]:
+    r"""The pure function ``(params, rest, data, key, n) -> (loss, grads)`` of step ``n``.
+
+    Step ``n`` draws ``batch_size`` windows, times :math:`t \sim U(0, 1)` and noises from
+    ``fold_in(key, n)``. With ``batch_sharding`` (a :class:`~jax.sharding.NamedSharding` of the
+    batch axis, see :mod:`numpyro_sda.parallel`) the batch is split over the devices while the
+    parameters stay replicated; XLA sums the per-device gradients (an all-reduce). The random
+    draws do not depend on the sharding (``jax_threefry_partitionable``), so the loss and
+    gradients equal the single-device ones to float rounding.
+    """
+
+    def loss_fn(p, rest, w, t, eps):
+        return dsm_loss(nnx.merge(graphdef, p, rest), w, t, eps)
+
+    def loss_and_grad(p, rest, data, key, n):
+        kw, kt, ke = jax.random.split(jax.random.fold_in(key, n), 3)
+        w = sample_windows(kw, data, window, batch_size)
+        t = jax.random.uniform(kt, (batch_size,), w.dtype)
+        eps = jax.random.normal(ke, w.shape, w.dtype)
+        if batch_sharding is not None:
+            w, t, eps = (jax.lax.with_sharding_constraint(a, batch_sharding) for a in (w, t, eps))
+        return jax.value_and_grad(loss_fn)(p, rest, w, t, eps)
+
+    return loss_and_grad
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    batch_size: int,
+    window: int,
+    ema: float | None,
+    batch_sharding: NamedSharding | None = None,
+) -> Callable[..., tuple[tuple, Array]]:
+    r"""One optimiser step ``step(carry, rest, data, key) -> (carry, loss)``, pure.
+
+    ``carry = (params, opt_state, ema_params | None, n)``; the loss is computed before the
+    update. The EMA follows :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta)\theta`.
+    """
+    loss_and_grad = make_loss_and_grad(graphdef, batch_size, window, batch_sharding)
+
+    def step(carry, rest, data, key):
+        p, o, e, n = carry
+        loss, grads = loss_and_grad(p, rest, data, key, n)
+        updates, o = tx.update(grads, o, p)
+        p = optax.apply_updates(p, updates)
+        if e is not None:
+            e = jax.tree_util.tree_map(lambda a, b: ema * a + (1.0 - ema) * b, e, p)
+        return (p, o, e, n + 1), loss
+
+    return step
+
+
 def make_chunk_fn(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     batch_size: int,
     window: int,
     ema: float | None,
+    batch_sharding: NamedSharding | None = None,
 ) -> Callable[..., tuple[tuple, Array]]:
     """The (un-jitted) function ``run(carry, rest, data, key, length) -> (carry, losses)`` that
-    performs ``length`` optimiser steps in one :func:`jax.lax.scan`.
+    performs ``length`` optimiser steps (:func:`make_train_step`) in one :func:`jax.lax.scan`.
 
-    ``carry = (params, opt_state, ema_params | None, step)``; ``rest`` is the module's
-    non-trainable state; step ``n`` draws its windows, times and noises from
-    ``fold_in(key, n)``; ``data`` is the ``(N, T, *state_shape)`` training array.
+    ``rest`` is the module's non-trainable state; ``data`` is the ``(N, T, *state_shape)``
+    training array.
     """
-
-    def loss_fn(p, rest, w, t, eps):
-        return dsm_loss(nnx.merge(graphdef, p, rest), w, t, eps)
+    step = make_train_step(graphdef, tx, batch_size, window, ema, batch_sharding)
 
     def run_chunk(carry, rest, data, key, length):
-        def one_step(carry, _):
-            p, o, e, n = carry
-            kw, kt, ke = jax.random.split(jax.random.fold_in(key, n), 3)
-            w = sample_windows(kw, data, window, batch_size)
-            t = jax.random.uniform(kt, (batch_size,), w.dtype)
-            eps = jax.random.normal(ke, w.shape, w.dtype)
-            loss, grads = jax.value_and_grad(loss_fn)(p, rest, w, t, eps)
-            updates, o = tx.update(grads, o, p)
-            p = optax.apply_updates(p, updates)
-            if e is not None:
-                e = jax.tree_util.tree_map(lambda a, b: ema * a + (1.0 - ema) * b, e, p)
-            return (p, o, e, n + 1), loss
-
-        return jax.lax.scan(one_step, carry, None, length=length)
+        return jax.lax.scan(lambda c, _: step(c, rest, data, key), carry, None, length=length)
 
     return run_chunk
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_chunk(graphdef, batch_size, window, ema, steps, lr, weight_decay, schedule, clip):
+def _compiled_chunk(graphdef, batch_size, window, ema, steps, lr, weight_decay, schedule, clip,
+                    batch_sharding=None):
     # cached so that repeated train_score calls with one configuration compile once
     tx = make_optimizer(steps, lr, weight_decay, schedule, clip)
-    run = make_chunk_fn(graphdef, tx, batch_size, window, ema)
+    run = make_chunk_fn(graphdef, tx, batch_size, window, ema, batch_sharding)
     return jax.jit(run, static_argnums=4), tx
 
 
@@ -211,12 +270,9 @@ def make_optimizer(
 
 
 def _check_settings(steps, batch_size, lr, weight_decay, schedule, ema, clip, chunk) -> None:
-    if not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(chunk, int | np.integer) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("chunk", chunk)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be finite and positive, got {lr}")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
@@ -229,12 +285,141 @@ def _check_settings(steps, batch_size, lr, weight_decay, schedule, ema, clip, ch
         raise ValueError(f"clip must be positive or None, got {clip}")
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Validated, immutable training settings of :func:`train_score` (see its arguments).
+
+    ``train_score(score, train, valid, config=TrainConfig(steps=10_000, batch_size=32))`` and
+    ``train_score(score, train, valid, steps=10_000, batch_size=32)`` are equivalent.
+    :meth:`recorded` is what checkpoints store and what ``resume`` compares.
+    """
+
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    schedule: str = "linear"
+    ema: float | None = None
+    clip: float | None = 1.0
+    chunk: int = 100
+    seed: int = 0
+    valid_size: int = 1024
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_settings(self.steps, self.batch_size, self.lr, self.weight_decay, self.schedule,
+                        self.ema, self.clip, self.chunk)
+        if isinstance(self.valid_size, bool) or int(self.valid_size) < 1:
+            raise ValueError(f"valid_size must be a positive integer, got {self.valid_size!r}")
+        if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+
+    @property
+    def save_every(self) -> int:
+        """Steps between checkpoints (default ``10 * chunk``)."""
+        return 10 * int(self.chunk) if self.checkpoint_every is None else int(self.checkpoint_every)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings a checkpoint records (a resumed run must use the same)."""
+        return dict(
+            steps=int(self.steps),
+            batch_size=int(self.batch_size),
+            lr=float(self.lr),
+            weight_decay=float(self.weight_decay),
+            schedule=self.schedule,
+            ema=None if self.ema is None else float(self.ema),
+            clip=None if self.clip is None else float(self.clip),
+            seed=int(self.seed),
+        )
+
+
+def _batch_sharding(mesh: Mesh | None | bool, batch_size: int) -> NamedSharding | None:
+    """The batch sharding of data-parallel training, or ``None`` (one device)."""
+    if mesh is False:
+        return None
+    explicit = mesh is not None and mesh is not True
+    if not explicit and len(jax.devices()) == 1:
+        return None
+    mesh = draws_mesh() if not explicit else mesh
+    axis = DRAWS if DRAWS in mesh.axis_names else mesh.axis_names[0]
+    d = num_shards(mesh, axis=axis)
+    if d == 1:
+        return None
+    if batch_size % d:
+        if explicit:
+            raise ValueError(
+                f"batch_size {batch_size} is not a multiple of the {d} devices of the mesh's "
+                f"{axis!r} axis; choose a multiple or pass mesh=False"
+            )
+        warnings.warn(
+            f"train_score: batch_size {batch_size} is not a multiple of the {d} devices; "
+            "training on one device (pass a batch_size that is a multiple to shard it)",
+            RuntimeWarning, stacklevel=3,
+        )
+        return None
+    check_partitionable()
+    return draws_sharding(mesh, axis=axis)
+
+
+class _Checkpointer:
+    """Checkpoint writes of one training run: a writability check up front, atomic saves of
+    ``carry = (params, opt_state, ema, step)``, and restoring a run to resume."""
+
+    def __init__(self, path, score: LocalScore, settings: dict[str, Any], every: int) -> None:
+        self.path = None if path is None else Path(path)
+        self.score, self.settings, self.every = score, settings, every
+        if self.path is not None:
+            check_writable(self.path)
+
+    def save(self, carry: tuple) -> None:
+        if self.path is None:
+            return
+        p, o, e, n = carry
+        nnx.update(self.score, p)
+        save_score(self.path, self.score, opt_state=o, ema=e, step=int(n),
+                   config=self.settings, normalization=self.score.normalization)
+
+    def restore(self, opt_state, ema_params) -> tuple | None:
+        """``(params, opt_state, ema, step)`` from the checkpoint, or ``None`` when absent."""
+        if self.path is None or not self.path.is_file():
+            return None
+        ckpt = load_checkpoint(self.path, self.score, use_ema=False)  # checks the architecture
+        stored = {k: ckpt.training.get(k) for k in self.settings}
+        if stored != self.settings:
+            diff = {k: (stored[k], v) for k, v in self.settings.items() if stored[k] != v}
+            raise ValueError(
+                f"cannot resume from {self.path}: training settings differ (stored, given): "
+                f"{diff}"
+            )
+        params = nnx.state(self.score, nnx.Param)
+        opt_state = ckpt.opt_state(opt_state)
+        ema_params = ckpt.ema(params) if ema_params is not None else None
+        return params, opt_state, ema_params, int(ckpt.step or 0)
+
+
+def run_chunks(run_chunk, carry, rest, data, key, *, start: int, steps: int, chunk: int):
+    """Generator over compiled chunks: yields ``(new_carry, losses, step, length)`` after each
+    chunk of at most ``chunk`` steps from ``start`` to ``steps``, waiting for the results in a
+    way Ctrl-C can interrupt (:func:`~numpyro_sda.parallel.block_interruptibly`). The caller
+    decides whether to keep ``new_carry`` (it passes the kept carry back with ``send``)."""
+    step = start
+    while step < steps:
+        length = min(chunk, steps - step)
+        new_carry, losses = block_interruptibly(run_chunk(carry, rest, data, key, length))
+        kept = yield new_carry, np.asarray(losses), step, length
+        if kept is None:
+            return
+        carry = kept
+        step += length
+
+
 def train_score(
     score: LocalScore,
     train: Any,
     valid: Any,
+    config: TrainConfig | None = None,
     *,
-    steps: int,
+    steps: int | None = None,
     batch_size: int = 64,
     lr: float = 1e-3,
     weight_decay: float = 1e-3,
@@ -251,6 +436,8 @@ def train_score(
     normalization: tuple[Any, Any] | None = None,
     time_limit: float | None = None,
     callback: Callable[[int, float, float], bool | None] | None = None,
+    precision: str | None = None,
+    mesh: Mesh | bool | None = None,
 ) -> TrainResult:
     """Train a :class:`~numpyro_sda.score.LocalScore` by denoising score matching.
 
@@ -261,6 +448,8 @@ def train_score(
             ``(mean, std)`` is recorded as the normalisation). Each step draws ``batch_size``
             windows of ``score.window`` consecutive states uniformly (trajectory and start) on
             the device.
+        config: a :class:`TrainConfig` holding the settings below (``steps`` ...
+            ``checkpoint_every``); when given, those keywords must be left at their defaults.
         steps: total number of optimiser steps (the learning rate decays to 0 over them).
         batch_size: windows per step (paper: 64).
         lr, weight_decay: AdamW settings (paper: 1e-3, 1e-3).
@@ -271,9 +460,10 @@ def train_score(
         chunk: optimiser steps per compiled call (one ``jit`` + ``lax.scan``).
         seed: random seed (windows, times, noise; the weights come from the score's own init).
         checkpoint: file to write weights + optimiser state + settings to (atomically) every
-            ``checkpoint_every`` steps (default ``10 * chunk``) and at the end.
+            ``checkpoint_every`` steps (default ``10 * chunk``), at the end and on Ctrl-C. Its
+            folder is checked for writing before training starts.
         resume: continue from ``checkpoint`` when it exists (same settings required).
-        progress: show a tqdm bar with the train/valid loss.
+        progress: show a tqdm bar over steps (with ETA) and the train/valid loss.
         valid_size: number of fixed validation windows (fixed times and noises too, so the
             validation loss is comparable between evaluations).
         normalization: ``(mean, std)`` of the data, recorded on the score and in checkpoints
@@ -281,6 +471,14 @@ def train_score(
         time_limit: stop (after the current chunk) when this many seconds have passed.
         callback: ``callback(step, train_loss, valid_loss)`` after each chunk; returning
             ``True`` stops training.
+        precision: ``"bf16"`` or ``"fp32"``: switch the score's compute precision before
+            training (:meth:`LocalScore.set_precision`; recorded in its config and the
+            checkpoint). ``None`` keeps the score's.
+        mesh: data parallelism. ``None`` (default): when several devices are visible, split
+            each batch over all of them (:func:`numpyro_sda.parallel.draws_mesh`) with the
+            parameters replicated; a :class:`~jax.sharding.Mesh` to choose the devices (batch
+            split over its ``"draws"`` axis, or its first axis); ``False``: one device.
+            Results equal one device's up to float rounding; checkpoints are the same.
 
     Returns:
         a :class:`TrainResult` (unpacks as ``score, history``).
@@ -288,12 +486,123 @@ def train_score(
     Raises:
         ValueError: bad settings, data with NaNs, mismatched state shapes, or a checkpoint
             that does not match (architecture or settings).
+        OSError: the checkpoint cannot be written (raised before training).
+        KeyboardInterrupt: on Ctrl-C, within a fraction of a second, after keeping the last
+            finished chunk: the score holds its weights and the checkpoint (if any) is saved.
     """
     if not isinstance(score, LocalScore):
         raise TypeError(f"score must be a LocalScore, got {type(score).__name__}")
-    _check_settings(steps, batch_size, lr, weight_decay, schedule, ema, clip, chunk)
+    given = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                 schedule=schedule, ema=ema, clip=clip, chunk=chunk, seed=seed,
+                 valid_size=valid_size, checkpoint_every=checkpoint_every)
+    if config is None:
+        if steps is None:
+            raise ValueError("steps is required (or pass config=TrainConfig(steps=...))")
+        config = TrainConfig(**given)
+    elif not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    else:
+        defaults = TrainConfig(steps=1)
+        clash = [k for k, v in given.items() if k != "steps" and v != getattr(defaults, k)]
+        if steps is not None or clash:
+            raise ValueError(
+                f"pass the settings either in config or as keywords, not both: {clash or ['steps']}"
+            )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    settings = config.recorded()
+    checkpointer = _Checkpointer(checkpoint, score, settings, config.save_every)
+    train_x, valid_x = _prepare_data(score, train, valid, normalization)
+    if precision is not None:
+        score.set_precision(precision)
+    batch_sharding = _batch_sharding(mesh, config.batch_size)
+
+    graphdef, params, rest = nnx.split(score, nnx.Param, ...)
+    run_chunk, tx = _compiled_chunk(
+        graphdef, settings["batch_size"], score.window, settings["ema"], settings["steps"],
+        settings["lr"], settings["weight_decay"], settings["schedule"], settings["clip"],
+        batch_sharding,
+    )
+    carry = (params, tx.init(params),
+             jax.tree_util.tree_map(jnp.copy, params) if config.ema is not None else None, 0)
+    if resume:
+        carry = checkpointer.restore(carry[1], carry[2]) or carry
+        graphdef, _, rest = nnx.split(score, nnx.Param, ...)
+    start = int(carry[3])
+    carry = (*carry[:3], jnp.asarray(start, jnp.int32))
+    if batch_sharding is not None:
+        rep = NamedSharding(batch_sharding.mesh, P())
+        carry, rest, train_x = jax.device_put((carry, rest, train_x), rep)
+
+    train_key, valid_key = jax.random.split(jax.random.key(config.seed))
+    vw, vt, veps = _validation_set(valid_key, valid_x, int(config.valid_size), score.window)
+    lr_at = make_optimizer_schedule(config.steps, config.lr, config.schedule)
+    history: dict[str, list] = {k: [] for k in ("step", "train_loss", "valid_loss", "lr", "elapsed")}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc="train_score", unit="step",
+                   dynamic_ncols=True)
+
+    step, last_saved, stop_reason, interrupted = start, start, "completed", False
+    t0 = time.perf_counter()
+    chunks = run_chunks(run_chunk, carry, rest, train_x, train_key, start=start,
+                        steps=config.steps, chunk=config.chunk)
+    try:
+        item = next(chunks, None)
+        while item is not None:
+            new_carry, losses, _, length = item
+            p, _, e, _ = new_carry
+            vloss = float(_validation_loss(graphdef, e if e is not None else p, rest, vw, vt, veps))
+            if not (np.all(np.isfinite(losses)) and math.isfinite(vloss)):
+                _warn_nan(losses, step, length, checkpoint)
+                stop_reason = "nan"
+                break
+            carry, step = new_carry, step + length
+            tloss = float(losses.mean())
+            for k, v in zip(history, (step, tloss, vloss, float(lr_at(step)),
+                                      time.perf_counter() - t0), strict=True):
+                history[k].append(v)
+            if bar is not None:
+                bar.update(length)
+                bar.set_postfix(train=f"{tloss:.4f}", valid=f"{vloss:.4f}")
+            if step - last_saved >= checkpointer.every and step < config.steps:
+                checkpointer.save(carry)
+                last_saved = step
+            if time_limit is not None and time.perf_counter() - t0 >= time_limit and step < config.steps:
+                stop_reason = "time_limit"
+                break
+            if callback is not None and callback(step, tloss, vloss) and step < config.steps:
+                stop_reason = "callback"
+                break
+            item = _send(chunks, carry)
+    except KeyboardInterrupt:
+        interrupted, stop_reason = True, "interrupted"
+    finally:
+        chunks.close()
+        if bar is not None:
+            bar.close()
+    if step > last_saved or (checkpointer.path is not None and not checkpointer.path.exists()):
+        checkpointer.save(carry)
+    p, _, e, _ = carry
+    nnx.update(score, e if e is not None else p)
+    if interrupted:
+        where = f"; checkpoint {checkpoint} holds step {step}" if checkpoint is not None else ""
+        raise KeyboardInterrupt(f"train_score interrupted after step {step}{where}")
+    elapsed = time.perf_counter() - t0
+    hist = {k: np.asarray(v, np.float64 if k != "step" else np.int64) for k, v in history.items()}
+    return TrainResult(score, hist, stop_reason, step, elapsed, settings)
+
+
+def _send(chunks, carry):
+    try:
+        return chunks.send(carry)
+    except StopIteration:
+        return None
+
+
+def _prepare_data(score, train, valid, normalization):
     train_x = as_trajectories(train, "train", score)
     valid_x = as_trajectories(valid, "valid", score)
     if normalization is None and getattr(train, "normalized", False):
@@ -302,135 +611,22 @@ def train_score(
             normalization = (mean, std)  # a normalised TrajectoryDataset records its statistics
     if normalization is not None:
         score.set_normalization(normalization)
-    settings = dict(
-        steps=int(steps),
-        batch_size=int(batch_size),
-        lr=float(lr),
-        weight_decay=float(weight_decay),
-        schedule=schedule,
-        ema=None if ema is None else float(ema),
-        clip=None if clip is None else float(clip),
-        seed=int(seed),
+    return train_x, valid_x
+
+
+def _warn_nan(losses: np.ndarray, step: int, length: int, checkpoint) -> None:
+    # losses are computed before each update: a NaN produced by the chunk's last update only
+    # shows in the validation loss; either way the chunk is discarded
+    finite = np.isfinite(losses)
+    where = f"at step {step + int(np.argmin(finite))}" if not finite.all() else (
+        f"in the validation loss after step {step + length}"
     )
-    checkpoint_every = 10 * chunk if checkpoint_every is None else int(checkpoint_every)
-
-    graphdef, params, rest = nnx.split(score, nnx.Param, ...)
-    run_chunk, tx = _compiled_chunk(
-        graphdef,
-        settings["batch_size"],
-        score.window,
-        settings["ema"],
-        settings["steps"],
-        settings["lr"],
-        settings["weight_decay"],
-        schedule,
-        settings["clip"],
+    warnings.warn(
+        f"train_score: non-finite loss {where}; training stopped, keeping the weights of step "
+        f"{step}" + (f" (last good checkpoint: {checkpoint})" if checkpoint else ""),
+        RuntimeWarning,
+        stacklevel=3,
     )
-    opt_state = tx.init(params)
-    ema_params = jax.tree_util.tree_map(jnp.copy, params) if ema is not None else None
-    start = 0
-    if resume and Path(checkpoint).is_file():
-        # checks the architecture and loads the (raw) weights
-        ckpt = load_checkpoint(checkpoint, score, use_ema=False)
-        stored = {k: ckpt.training.get(k) for k in settings}
-        if stored != settings:
-            diff = {k: (stored[k], settings[k]) for k in settings if stored[k] != settings[k]}
-            raise ValueError(
-                f"cannot resume from {checkpoint}: training settings differ (stored, given): "
-                f"{diff}"
-            )
-        graphdef, params, rest = nnx.split(score, nnx.Param, ...)
-        opt_state = ckpt.opt_state(opt_state)
-        if ema is not None:
-            ema_params = ckpt.ema(params)
-        start = int(ckpt.step or 0)
-
-    window = score.window
-    base_key = jax.random.key(seed)
-    train_key, valid_key = jax.random.split(base_key)
-
-    vw, vt, veps = _validation_set(valid_key, valid_x, int(valid_size), window)
-    lr_at = make_optimizer_schedule(steps, lr, schedule)
-
-    history: dict[str, list] = {k: [] for k in ("step", "train_loss", "valid_loss", "lr", "elapsed")}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=start, desc="train_score", unit="step", dynamic_ncols=True)
-
-    def save(p, o, e, n):
-        if checkpoint is None:
-            return
-        nnx.update(score, p)
-        save_score(
-            checkpoint,
-            score,
-            opt_state=o,
-            ema=e,
-            step=n,
-            config=settings,
-            normalization=score.normalization,
-        )
-
-    carry = (params, opt_state, ema_params, jnp.asarray(start, jnp.int32))
-    step = start
-    stop_reason = "completed"
-    last_saved = start
-    t0 = time.perf_counter()
-    try:
-        while step < steps:
-            length = min(chunk, steps - step)
-            new_carry, losses = run_chunk(carry, rest, train_x, train_key, length)
-            losses = np.asarray(losses)
-            p, o, e, _ = new_carry
-            vloss = float(_validation_loss(graphdef, e if e is not None else p, rest, vw, vt, veps))
-            if not (np.all(np.isfinite(losses)) and math.isfinite(vloss)):
-                # losses are computed before each update: a NaN produced by the chunk's last
-                # update only shows in the validation loss; either way the chunk is discarded
-                finite = np.isfinite(losses)
-                where = f"at step {step + int(np.argmin(finite))}" if not finite.all() else (
-                    f"in the validation loss after step {step + length}"
-                )
-                warnings.warn(
-                    f"train_score: non-finite loss {where}; training stopped, keeping the "
-                    f"weights of step {step}"
-                    + (f" (last good checkpoint: {checkpoint})" if checkpoint else ""),
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                stop_reason = "nan"
-                break
-            carry = new_carry
-            step += length
-            tloss = float(losses.mean())
-            history["step"].append(step)
-            history["train_loss"].append(tloss)
-            history["valid_loss"].append(vloss)
-            history["lr"].append(float(lr_at(step)))
-            history["elapsed"].append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(length)
-                bar.set_postfix(train=f"{tloss:.4f}", valid=f"{vloss:.4f}")
-            if checkpoint is not None and step - last_saved >= checkpoint_every and step < steps:
-                save(p, o, e, step)
-                last_saved = step
-            if time_limit is not None and time.perf_counter() - t0 >= time_limit and step < steps:
-                stop_reason = "time_limit"
-                break
-            if callback is not None and callback(step, tloss, vloss) and step < steps:
-                stop_reason = "callback"
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    p, o, e, _ = carry
-    if step > last_saved or (checkpoint is not None and not Path(checkpoint).exists()):
-        save(p, o, e, step)
-    nnx.update(score, e if e is not None else p)
-    elapsed = time.perf_counter() - t0
-    hist = {k: np.asarray(v, np.float64 if k != "step" else np.int64) for k, v in history.items()}
-    return TrainResult(score, hist, stop_reason, step, elapsed, settings)
 
 
 def make_optimizer_schedule(steps: int, lr: float, schedule: str) -> Callable[[int], float]:

@@ -251,3 +251,29 @@ def test_sample_windows_jittable_in_scan():
     assert s.max() <= 15
     with pytest.raises(ValueError, match="longer than the trajectories"):
         data.sample_windows(jax.random.PRNGKey(0), arr, 21, 4)
+
+
+def test_ctrl_c_during_generation_waits_interruptibly_and_closes_the_bar(l63, tmp_path,
+                                                                        monkeypatch):
+    """Issue 12 item 14: generation waits for each simulated chunk with the interruptible wait
+    (Ctrl-C lands within a fraction of a second, see test_train), and an interrupt closes the
+    progress bar (rate and ETA over trajectories) and publishes nothing."""
+    from tqdm.auto import tqdm
+
+    calls = {"n": 0}
+    original = data.block_interruptibly
+
+    def wait(x):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(x)
+
+    monkeypatch.setattr(data, "block_interruptibly", wait)
+    path = tmp_path / "interrupted.h5"
+    with pytest.raises(KeyboardInterrupt):
+        data.generate(l63, path, num_trajectories=N, length=T, burn_in=BURN, seed=SEED,
+                      chunk_trajectories=3, progress=True)
+    assert calls["n"] == 2
+    assert not path.exists() and os.listdir(tmp_path) == []
+    assert not [b for b in getattr(tqdm, "_instances", ()) if "interrupted" in str(b.desc)]

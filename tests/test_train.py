@@ -2,6 +2,7 @@
 Gaussian (linear) denoiser, save/load identity, resume equivalence, NaN handling, errors."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -259,3 +260,140 @@ def test_schedules_decay_without_warmup():
         assert float(lr(50)) == pytest.approx(5e-4, rel=1e-5)  # both are at half at mid-run
         assert float(lr(25)) > float(lr(50)) > float(lr(75))
     assert float(make_optimizer_schedule(100, 1e-3, "cosine")(25)) > 7.5e-4  # cosine is not linear
+
+
+# ----------------------------------------------------------------------------- issue 12, 10/12/14
+
+
+def test_unwritable_checkpoint_fails_before_training(tmp_path, small_data):
+    """Issue 12 item 10: a checkpoint that cannot be written fails before any training step."""
+    train, valid = small_data
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    calls = []
+    with pytest.raises(OSError, match="cannot write the checkpoint"):
+        train_score(tiny(), train, valid, steps=20, chunk=10, batch_size=8, progress=False,
+                    valid_size=16, checkpoint=blocker / "sub" / "c.npz",
+                    callback=lambda *a: calls.append(a))
+    assert calls == []  # no chunk ran
+    with pytest.raises(IsADirectoryError, match="directory"):
+        train_score(tiny(), train, valid, steps=20, chunk=10, progress=False,
+                    checkpoint=tmp_path)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_truncated_or_empty_checkpoint_clear_error_no_leak(tmp_path):
+    """Issue 12 item 12: a truncated file raises a ValueError naming it (not a raw BadZipFile)
+    and leaves no file open; an empty file is refused clearly (not EOFError)."""
+    good = save_score(tmp_path / "good.npz", tiny())
+    data = good.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    before = _open_fds()
+    with pytest.raises(ValueError, match="truncated or corrupt") as excinfo:
+        load_score(cut)
+    assert str(cut) in str(excinfo.value)
+    assert _open_fds() == before  # the traceback is alive: a leaked handle would still be open
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        load_checkpoint(empty)
+    with pytest.raises(ValueError, match=str(empty)):
+        load_checkpoint(empty)
+
+
+def test_ctrl_c_keeps_last_checkpoint_and_weights(tmp_path, small_data):
+    """Issue 12 item 14: Ctrl-C (a KeyboardInterrupt raised from the callback hook after step
+    20) stops training, saves the last finished chunk to the checkpoint (every 100 steps by
+    default, so nothing would be saved otherwise), leaves those weights in the score and
+    re-raises; resuming then reproduces the uninterrupted run."""
+    train, valid = small_data
+    kw = dict(steps=40, chunk=10, batch_size=8, seed=5, progress=False, valid_size=16,
+              checkpoint_every=100)
+    full = train_score(tiny(seed=1), train, valid, **kw)
+
+    def interrupt(step, *_):
+        if step >= 20:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "c.npz"
+    score = tiny(seed=1)
+    with pytest.raises(KeyboardInterrupt, match="holds step 20"):
+        train_score(score, train, valid, checkpoint=path, callback=interrupt, **kw)
+    assert load_checkpoint(path).step == 20
+    assert params_equal(score, load_score(path))
+    resumed = train_score(tiny(seed=2), train, valid, checkpoint=path, resume=True, **kw)
+    assert resumed.step == 40 and params_equal(resumed.score, full.score)
+
+
+def test_block_interruptibly_raises_before_the_result_is_ready():
+    """A blocking wait inside XLA does not run Python's signal handlers; the interruptible wait
+    does, so SIGINT lands while the computation is still running."""
+    import signal
+    import threading
+
+    from numpyro_sda.parallel import block_interruptibly
+
+    @jax.jit
+    def slow(x):
+        return jax.lax.fori_loop(0, 3000, lambda i, a: jnp.tanh(a @ a) * 0.5 + a * 0.5, x)
+
+    x = jax.random.normal(jax.random.key(0), (256, 256))
+    compiled = slow.lower(x).compile()  # ~33 GFLOP: seconds on any CPU
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    out = compiled(x)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            block_interruptibly(out)
+        assert not out.is_ready()
+    finally:
+        timer.cancel()
+    out.block_until_ready()
+
+
+def test_train_config_and_keywords_agree(small_data):
+    """Issue 10 item 4: train_score takes a frozen TrainConfig or the same keywords."""
+    import dataclasses
+
+    from numpyro_sda.train import TrainConfig
+
+    train, valid = small_data
+    cfg = TrainConfig(steps=20, chunk=10, batch_size=8, seed=3, valid_size=16)
+    a = train_score(tiny(seed=1), train, valid, cfg, progress=False)
+    b = train_score(tiny(seed=1), train, valid, steps=20, chunk=10, batch_size=8, seed=3,
+                    valid_size=16, progress=False)
+    assert params_equal(a.score, b.score) and a.settings == b.settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+    with pytest.raises(ValueError, match="not both"):
+        train_score(tiny(), train, valid, cfg, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="steps is required"):
+        train_score(tiny(), train, valid, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(steps=10, batch_size=0)
+
+
+def test_bf16_training_keeps_precision_in_checkpoint(tmp_path, small_data):
+    """precision="bf16" is recorded in the score config and the checkpoint; parameters, the
+    optimiser state and the losses stay float32; the loss moves little (see test_score)."""
+    from flax import nnx
+
+    train, valid = small_data
+    kw = dict(steps=20, chunk=10, batch_size=8, progress=False, valid_size=16)
+    path = tmp_path / "b.npz"
+    r16 = train_score(tiny(seed=1), train, valid, precision="bf16", checkpoint=path, **kw)
+    r32 = train_score(tiny(seed=1), train, valid, **kw)
+    assert r16.score.config["precision"] == "bf16"
+    loaded = load_score(path)
+    assert loaded.precision == "bf16" and loaded.config == r16.score.config
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(nnx.state(loaded)))
+    rel = np.abs(r16.history["valid_loss"] - r32.history["valid_loss"]) / r32.history["valid_loss"]
+    assert 0 < rel.max() < 0.02, rel
+    # a float32 score cannot silently resume a bf16 run
+    with pytest.raises(ValueError, match="different architecture"):
+        train_score(tiny(seed=1), train, valid, checkpoint=path, resume=True, **kw)

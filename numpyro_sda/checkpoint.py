@@ -128,8 +128,13 @@ class Checkpoint:
 
 def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two :attr:`LocalScore.config` describe the same architecture and precision
-    (configurations written before ``precision`` existed are float32)."""
-    return {"precision": "fp32", **a} == {"precision": "fp32", **b}
+    (configurations written before ``precision`` existed are float32; the recorded
+    ``data_range`` of the training data is metadata, not architecture)."""
+
+    def arch(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in {"precision": "fp32", **c}.items() if k != "data_range"}
+
+    return arch(a) == arch(b)
 
 
 def check_writable(path: str | os.PathLike) -> Path:

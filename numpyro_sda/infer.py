@@ -46,8 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.sharding import Mesh
 from numpyro import handlers
 
+from numpyro_sda import parallel
 from numpyro_sda.guidance import MMPS, Guidance, SDAGuidance, bounded, resolve
 from numpyro_sda.observation import ObservationModel, placeholder_prior, site_log_prob, trace_given
 from numpyro_sda.prior import TrajectoryPrior
@@ -92,6 +94,7 @@ class SDASettings:
     sparse_guidance: bool = True
     gibbs_sweeps: int = 0
     slice_updates: int = 1
+    mesh: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", _as_int(self.steps, "steps", 1))
@@ -103,6 +106,8 @@ class SDASettings:
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         object.__setattr__(self, "guidance", resolve(self.guidance))
+        if not (self.mesh is None or self.mesh is False or isinstance(self.mesh, Mesh)):
+            raise TypeError(f"mesh must be None, False or a jax.sharding.Mesh, got {self.mesh!r}")
         b = self.bounds
         if not (b is None or (isinstance(b, str) and b == "auto")):
             try:
@@ -209,6 +214,10 @@ class SDA(InferenceMethod):
         gibbs_sweeps: Gibbs sweeps used to infer latent sites other than the trajectory (see
             the module docstring); 0 refuses such models.
         slice_updates: slice-sampling passes over those sites per sweep.
+        mesh: the devices the draws are sharded over: ``None`` (all visible devices, see
+            :func:`numpyro_sda.parallel.draws_mesh`), a :class:`jax.sharding.Mesh` with a
+            ``"draws"`` axis, or ``False`` (no sharding). Results equal a single-device run
+            with the same key up to float tolerance.
 
     After :meth:`run`, :meth:`get_samples` returns ``{prior_site: (num_samples, L, *S)}``;
     ``sample_stats`` holds per draw ``log_likelihood`` (:math:`\log p(y \mid x)`),
@@ -242,6 +251,7 @@ class SDA(InferenceMethod):
         gibbs_sweeps: int = 0,
         slice_updates: int = 1,
         sparse_guidance: bool = True,
+        mesh: Mesh | None | bool = None,
         *,
         gamma: float | None = None,
         zeta: float | None = None,
@@ -254,7 +264,7 @@ class SDA(InferenceMethod):
             guidance=guidance,
             bounds=bounds, chunk_size=chunk_size, progress=bool(progress),
             predictive=bool(predictive), sparse_guidance=bool(sparse_guidance),
-            gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates,
+            gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates, mesh=mesh,
         )
         super().__init__(model, **{f.name: getattr(settings, f.name)
                                    for f in dataclasses.fields(settings)})
@@ -294,6 +304,12 @@ class SDA(InferenceMethod):
             )
         return traced
 
+    def _mesh(self) -> Mesh | None:
+        m = self.config.mesh
+        if m is False:
+            return None
+        return parallel.draws_mesh() if m is None else m
+
     def box(self, prior: TrajectoryPrior) -> tuple[Array, Array] | None:
         """The box of the guided denoiser (see ``bounds``), or ``None``."""
         b = self.config.bounds
@@ -323,7 +339,7 @@ class SDA(InferenceMethod):
     def _build(self, traced: TracedModel, arguments: _Arguments, chunk: int) -> dict:
         """Compile (once per model structure, argument shapes and chunk size) the step and the
         per-draw diagnostics; cached."""
-        key = (id(self.model), arguments.key, chunk)
+        key = (id(self.model), arguments.key, chunk, id(self._mesh()))
         if key in self._cache:
             return self._cache[key]
         s = self.config
@@ -380,6 +396,9 @@ class SDA(InferenceMethod):
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
         dyn0 = arguments.dynamic
         built = {"obs": obs0, "grad_states": grad_states}
+        mesh = self._mesh()
+        ds = parallel.draws_sharding(mesh) if mesh is not None else None
+        rep = parallel.replicated(mesh) if mesh is not None else None
         if traced.latent:
             gibbs = _Gibbs(traced, obs0, s, self, grad_states)
 
@@ -387,14 +406,19 @@ class SDA(InferenceMethod):
                 _, obs = observation_model(dynamic)
                 return jax.vmap(lambda k: gibbs.chain(k, obs))(keys)
 
-            built["chains"] = jax.jit(chains).lower(keys0, dyn0).compile()
+            built["chains"] = jax.jit(chains, in_shardings=(ds, rep),
+                                      out_shardings=ds).lower(keys0, dyn0).compile()
             params0 = jax.eval_shape(lambda k: gibbs.chain(k[0], obs0)[1], keys0)
             params0 = {k: jax.ShapeDtypeStruct((chunk, *v.shape), v.dtype)
                        for k, v in params0.items()}
         else:
-            built["step"] = jax.jit(step).lower(xs0, scalar, scalar, keys0, dyn0).compile()
+            built["step"] = jax.jit(
+                step, in_shardings=(ds, rep, rep, ds, rep), out_shardings=ds,
+            ).lower(xs0, scalar, scalar, keys0, dyn0).compile()
             params0 = {}
-        built["diagnostics"] = jax.jit(diagnostics).lower(xs0, dyn0, params0).compile()
+        built["diagnostics"] = jax.jit(
+            diagnostics, in_shardings=(ds, rep, ds), out_shardings=ds,
+        ).lower(xs0, dyn0, params0).compile()
         built["compile_time"] = time.perf_counter() - t0
         self._cache = {key: built}  # keep only the latest
         return built
@@ -414,7 +438,10 @@ class SDA(InferenceMethod):
         self.traced = traced
         self.model_args, self.model_kwargs = tuple(model_args), dict(model_kwargs)
         s = self.config
+        mesh = self._mesh()
         chunk = min(s.chunk_size, num_samples)
+        if mesh is not None:  # a multiple of the number of devices (padding draws are dropped)
+            chunk = parallel.padded_size(chunk, mesh)
         arguments = _Arguments(model_args, model_kwargs)
         built = self._build(traced, arguments, chunk)
         self.compile_time = built["compile_time"]
@@ -426,6 +453,8 @@ class SDA(InferenceMethod):
         keys = jax.random.split(key_sample, num_chunks * chunk).reshape(num_chunks, chunk)
         times = np.asarray(diffusion_times(s.steps))
         dyn = arguments.dynamic
+        if mesh is not None:
+            dyn = jax.device_put(dyn, parallel.replicated(mesh))
         box = self.box(prior)
         bar = None
         if s.progress:
@@ -440,17 +469,22 @@ class SDA(InferenceMethod):
         try:
             for c in range(num_chunks):
                 if traced.latent:
-                    xs, params = built["chains"](keys[c], dyn)
-                    xs.block_until_ready()
+                    kc = keys[c] if mesh is None else jax.device_put(
+                        keys[c], parallel.draws_sharding(mesh))
+                    xs, params = built["chains"](kc, dyn)
+                    parallel.block_interruptibly(xs)
                     if bar is not None:
                         bar.update(1)
                 else:
                     draw_keys = jax.vmap(lambda k: jax.random.split(k, s.steps + 1))(keys[c])
                     xs = jax.vmap(lambda k: jax.random.normal(k, prior.event_shape))(
                         draw_keys[:, 0])
+                    if mesh is not None:
+                        xs = jax.device_put(xs, parallel.draws_sharding(mesh))
+                        draw_keys = jax.device_put(draw_keys, parallel.draws_sharding(mesh))
                     for i in range(s.steps):
                         xs = built["step"](xs, times[i], times[i + 1], draw_keys[:, i + 1], dyn)
-                        xs.block_until_ready()  # so that Ctrl-C is seen within one step
+                        parallel.block_interruptibly(xs)  # Ctrl-C is seen within one step
                         if bar is not None:
                             bar.update(1)
                     params = {}

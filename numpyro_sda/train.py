@@ -611,6 +611,8 @@ def _prepare_data(score, train, valid, normalization):
             normalization = (mean, std)  # a normalised TrajectoryDataset records its statistics
     if normalization is not None:
         score.set_normalization(normalization)
+    # the range SDA keeps its guided denoiser in (numpyro_sda.guidance.bounded)
+    score.set_data_range(np.asarray(train_x))
     return train_x, valid_x
 
 

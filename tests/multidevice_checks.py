@@ -174,6 +174,30 @@ def check_sampling() -> dict:
             "shape": list(got.shape)}
 
 
+def check_sda_run() -> dict:
+    """numpyro_sda.SDA.run with the draws sharded over 4 devices (the default mesh) == the same
+    run with mesh=False, same key; 10 draws (padded to 12, trimmed back)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from numpyro_sda import pretrained
+    from numpyro_sda.infer import SDA
+    from numpyro_sda.prior import TrajectoryPrior
+
+    prior = TrajectoryPrior(pretrained.load("lorenz63"), length=17)
+
+    def model(prior, y=None):
+        x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x[::4, :1], 0.1), obs=y)
+
+    y = jnp.linspace(-1.0, 1.0, 5)[:, None]
+    runs = [SDA(model, steps=6, corrections=1, progress=False, mesh=m).run(
+        jax.random.key(0), prior, y=y, num_samples=10) for m in (False, None)]
+    one, four = (np.asarray(r.get_samples()["x"]) for r in runs)
+    return {"maxdiff": float(np.max(np.abs(one - four))), "shape": list(four.shape),
+            "scale": float(np.max(np.abs(one)))}
+
+
 CHECKS = {k[len("check_"):]: v for k, v in globals().items() if k.startswith("check_")}
 
 if __name__ == "__main__":

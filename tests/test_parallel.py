@@ -47,7 +47,7 @@ def run_checks(*names: str, devices: int = 4) -> dict:
 
 @pytest.fixture(scope="module")
 def quick():
-    return run_checks("devices", "vmap", "shard", "train_step")
+    return run_checks("devices", "vmap", "shard", "train_step", "sda_run")
 
 
 def test_four_forced_devices_and_partitionable_keys(quick):
@@ -76,6 +76,12 @@ def test_one_sharded_training_step_equals_single_device(quick):
     r = quick["train_step"]
     assert r["loss_rel"] < 1e-5 and r["grad_rel"] < 1e-5, r
     assert r["params_maxdiff"] < 1e-2 * r["lr"], r
+
+
+def test_sda_run_sharded_over_four_devices_equals_one_device(quick):
+    r = quick["sda_run"]
+    assert r["shape"] == [10, 17, 3]
+    assert r["maxdiff"] <= 1e-4 * max(1.0, r["scale"]), r
 
 
 @pytest.mark.slow

@@ -245,9 +245,10 @@ def real_results():
     sda = SDA(model, steps=16, corrections=0, guidance="mmps", progress=False).run(
         jax.random.key(0), TrajectoryPrior(eps, LENGTH, (DIM,), sde=sde), y=y, num_samples=32)
     lg = LinearGaussian(jnp.zeros((DIM, DIM)), jnp.eye(DIM), jnp.zeros(DIM), jnp.eye(DIM))
-    kal = KalmanSmoother(model, num_samples=32).run(jax.random.key(1), lg.markov_prior(LENGTH), y=y)
-    bpf = ParticleSmoother(model, num_particles=256, num_samples=32).run(
-        jax.random.key(2), make_prior(), y=y)
+    kal = KalmanSmoother(model).run(jax.random.key(1), lg.markov_prior(LENGTH), y=y,
+                                   num_samples=32)
+    bpf = ParticleSmoother(model, num_particles=256).run(
+        jax.random.key(2), make_prior(), y=y, num_samples=32)
     return sda, kal, bpf
 
 
@@ -259,7 +260,7 @@ def test_real_methods_export(real_results, tmp_path):
         assert idata.posterior["x"].shape == (1, 32, LENGTH, DIM)
         assert idata.posterior.attrs["method"] == res.method
         assert json.loads(idata.posterior.attrs["settings"]) == json.loads(
-            json.dumps(res.settings))
+            json.dumps(res.settings_dict()))
         assert idata.posterior_predictive["y"].dims == ("chain", "draw", "y_time", "y_dim_1")
         path = tmp_path / f"{res.method}.nc"
         idata.to_netcdf(str(path))

@@ -184,7 +184,7 @@ def test_real_methods_sda_against_exact_kalman():
     mp = lg.markov_prior(length)
     sda = SDA(obs_model, steps=32, corrections=0, guidance="mmps", progress=False).run(
         jax.random.key(0), TrajectoryPrior(eps, length, (2,), sde=sde), y=y, num_samples=256)
-    k1 = KalmanSmoother(obs_model, num_samples=256).run(jax.random.key(1), mp, y=y)
+    k1 = KalmanSmoother(obs_model).run(jax.random.key(1), mp, y=y, num_samples=256)
     # A = 0: the exact posterior factorises over time, so independent exact draws for the W1
     # noise floor come straight from the smoother's marginals
     exact_mean = np.asarray(k1.mean)

@@ -52,7 +52,7 @@ def oscillator():
     prior = system.markov_prior(LENGTH)
     truth = prior.sample(jax.random.key(0))
     y = truth[::4, :1] + 0.1 * jax.random.normal(jax.random.key(1), (truth[::4].shape[0], 1))
-    res = KalmanSmoother(model, num_samples=200).run(jax.random.key(2), prior, y=y)
+    res = KalmanSmoother(model).run(jax.random.key(2), prior, y=y, num_samples=200)
     return system, truth, y, res
 
 

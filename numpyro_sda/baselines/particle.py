@@ -495,7 +495,7 @@ class ParticleSmoother(InferenceMethod):
                 f" of {N} particles (first at time {int(jnp.argmax(ess < floor))}); the ESS "
                 "trace is in sample_stats['ess']. Use more particles, or a less informative "
                 "likelihood / more model noise",
-                RuntimeWarning, stacklevel=4,
+                RuntimeWarning, stacklevel=3,
             )
         distinct = np.asarray(stats["distinct_paths"])
         M = int(samples[state.traced.prior_name].shape[0])
@@ -512,7 +512,7 @@ class ParticleSmoother(InferenceMethod):
                 f"distinct particles at time {t} (smoother={state.smoother!r}), so they are far "
                 f"from {M} independent posterior draws; the counts per time are in "
                 f"sample_stats['distinct_paths']. {advice[0].upper()}{advice[1:]}",
-                RuntimeWarning, stacklevel=4,
+                RuntimeWarning, stacklevel=3,
             )
 
     def _num_model_evals(self, state: _Prepared, num_samples: int) -> int:

@@ -290,3 +290,76 @@ def test_real_methods_export(real_results, tmp_path):
     assert bpf_id.constant_data["filter_mean"].dims == ("time", "state")
     np.testing.assert_allclose(bpf_id.constant_data["log_evidence"].values,
                                np.asarray(bpf.sample_stats["log_evidence"]))
+
+
+class Chains(InferenceMethod):
+    """Given draws of ``num_chains`` chains (chain-major), through the driver's fields."""
+
+    method = "Chains"
+
+    def __init__(self, draws, num_chains, stats=None):
+        super().__init__(model, settings_note="given")
+        self.num_chains = num_chains
+        self._payload = (np.asarray(draws), stats or {})
+
+    def run(self, rng_key=None, *args, **kwargs):
+        draws, self.sample_stats = self._payload
+        self._samples = {"x": jnp.asarray(draws)}
+        self.prior_site = "x"
+        self.observations = {"y": jnp.zeros((3, 1))}
+        self.posterior_predictive = {"y": jnp.asarray(draws[:, ::4, :1])}
+        self.wall_time, self.num_model_evals = 1.0, 1
+        return self
+
+
+def test_chains_export_so_that_rhat_is_defined():
+    rng = np.random.default_rng(1)
+    draws = rng.normal(size=(4 * 25, LENGTH, DIM)).astype(np.float32)
+    res = Chains(draws, num_chains=4, stats={"accept": rng.uniform(size=100)}).run()
+    idata = to_inference_data(res)
+    assert idata.posterior["x"].shape == (4, 25, LENGTH, DIM)
+    np.testing.assert_array_equal(idata.posterior["x"].values[1], draws[25:50])  # chain-major
+    assert idata.posterior_predictive["y"].shape[:2] == (4, 25)
+    assert idata.sample_stats["accept"].shape == (4, 25)
+    assert idata.posterior.attrs["num_chains"] == 4
+    rhat = az.rhat(idata, var_names=["x"])["x"].values
+    assert np.all(np.isfinite(rhat)) and rhat.max() < 1.3  # independent draws: r_hat ~ 1
+    with pytest.raises(ValueError, match="num_chains=3"):
+        to_inference_data(Chains(draws, num_chains=3).run())
+
+
+def test_nonfinite_draws_are_excluded_and_reported():
+    rng = np.random.default_rng(2)
+    draws = rng.normal(size=(10, LENGTH, DIM)).astype(np.float32)
+    draws[3, 2, 1] = np.nan
+    draws[7, 0, 0] = np.inf
+    res = Chains(draws, num_chains=1, stats={"w": np.arange(10.0)}).run()
+    with pytest.warns(RuntimeWarning, match=r"2 of 10 Chains draws contain NaN or infinite"):
+        idata = to_inference_data(res)
+    assert idata.posterior["x"].shape == (1, 8, LENGTH, DIM)
+    np.testing.assert_array_equal(idata.constant_data["excluded_draws"].values, [3, 7])
+    np.testing.assert_array_equal(idata.sample_stats["w"].values[0], [0, 1, 2, 4, 5, 6, 8, 9])
+    assert idata.posterior.attrs["num_excluded_draws"] == 2
+    summary = az.summary(idata, var_names=["x"], kind="stats")
+    assert np.all(np.isfinite(np.asarray(summary["mean"], float)))
+    # several chains stay rectangular: the chains holding a bad draw are dropped
+    clean = rng.normal(size=(10, LENGTH, DIM)).astype(np.float32)
+    res4 = Chains(np.concatenate([draws, clean]), num_chains=4).run()  # bad: chains 0, 1
+    with pytest.warns(RuntimeWarning, match=r"2 of 4 chains dropped"):
+        assert to_inference_data(res4).posterior["x"].shape == (2, 5, LENGTH, DIM)
+    with pytest.raises(ValueError, match="every draw"):
+        to_inference_data(Chains(np.full((2, LENGTH, DIM), np.nan), num_chains=1).run())
+
+
+def test_log_likelihood_uses_the_model_arguments_kept_by_run(setup):
+    from numpyro_sda.baselines import KalmanSmoother
+    from numpyro_sda.systems import LinearGaussian
+
+    _, y, _ = setup
+    lg = LinearGaussian(0.5 * jnp.eye(DIM), jnp.eye(DIM), jnp.zeros(DIM), jnp.eye(DIM))
+    kal = KalmanSmoother(model).run(jax.random.key(0), lg.markov_prior(LENGTH), y=y,
+                                    num_samples=8)
+    ll = to_inference_data(kal, log_likelihood=True).log_likelihood["y"].values[0]
+    xs = np.asarray(kal.get_samples()["x"])
+    expected = -0.5 * ((np.asarray(y) - xs[:, ::4, :1]) / 0.1) ** 2 - np.log(0.1 * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(ll, expected, rtol=1e-4, atol=1e-4)

@@ -213,3 +213,26 @@ def test_package_level_compare_is_the_function(problem):
     df = numpyro_sda.compare(results, truth=truth)
     assert list(df.index) == ["good", "biased", "point"]
     assert numpyro_sda.to_markdown(df).startswith("|")
+
+
+def test_nonfinite_draws_name_the_method(problem):
+    truth, _, results = problem
+    bad = np.asarray(results["good"].get_samples()["x"]).copy()
+    bad[5, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"results\['diverged'\]: 1 of 64 draws contain NaN"):
+        compare({"good": results["good"], "diverged": Given(bad).run()}, truth=truth)
+
+
+def test_log_likelihood_column_from_the_run_arguments():
+    from numpyro_sda.baselines import KalmanSmoother
+    from numpyro_sda.systems import LinearGaussian
+
+    lg = LinearGaussian(0.5 * jnp.eye(DIM), jnp.eye(DIM), jnp.zeros(DIM), jnp.eye(DIM))
+    prior = lg.markov_prior(LENGTH)
+    y = jnp.linspace(-1.0, 1.0, LENGTH // 2)
+    kal = KalmanSmoother(model).run(jax.random.key(0), prior, y=y, num_samples=16)
+    df = compare({"kalman": kal}, log_likelihood=True)
+    given = compare({"kalman": kal}, model_args=(prior,), model_kwargs={"y": y})
+    assert df.loc["kalman", "log_likelihood"] == given.loc["kalman", "log_likelihood"]
+    assert np.isfinite(df.loc["kalman", "log_likelihood"])
+    assert "log_likelihood" not in compare({"kalman": kal}).columns

@@ -185,3 +185,18 @@ def test_bad_inputs(oscillator):
     with pytest.raises(ValueError, match="velocity"):
         plots.vorticity(np.zeros((3, 4, 4)))
     plt.close("all")
+
+
+def test_trajectories_exclude_nonfinite_draws_and_say_so(oscillator):
+    system, truth, y, res = oscillator
+    xs = np.asarray(res.get_samples()["x"]).copy()
+    xs[:3, 5, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="3 of 200 draws contain NaN or infinite"):
+        fig = plots.plot_trajectories(xs)
+    ax = fig.axes[0]
+    median = next(line for line in ax.get_lines() if "median" in str(line.get_label()))
+    np.testing.assert_allclose(median.get_ydata(), np.median(xs[3:, :, 0], axis=0), rtol=1e-6)
+    assert len(ax.collections) == 2  # both credible bands are drawn
+    plt.close(fig)
+    with pytest.raises(ValueError, match="all 2 draws"):
+        plots.plot_trajectories(np.full((2, LENGTH, 2), np.nan))

@@ -184,17 +184,26 @@ def test_every_baseline_returns_deterministic_sites_and_keeps_model_arguments():
 
 
 def test_particle_smoother_and_fourdvar_run_with_x64():
-    prior_fn = make_prior
+    from numpyro_sda.systems import Lorenz63
+
     jax.config.update("jax_enable_x64", True)
     try:
-        prior = prior_fn()
+        prior = make_prior()
         pf = ParticleSmoother(model, num_particles=64).run(jax.random.key(0), prior, y=Y,
                                                           num_samples=16)
         assert np.all(np.isfinite(pf.get_samples()["x"]))
+        l63 = Lorenz63().markov_prior(9)  # float32 system constants, float64 elsewhere
+        y = jnp.ones((3, 1))
+
+        def l63_model(prior, y=None):
+            x = numpyro.sample("x", prior)
+            numpyro.sample("y", dist.Normal(x[::4, :1], 0.1), obs=y)
+
         for precision in ("float32", "float64"):
-            var = FourDVar(model, precision=precision, max_iter=50).run(
-                jax.random.key(0), prior, y=Y)
+            var = FourDVar(l63_model, precision=precision, max_iter=20).run(
+                jax.random.key(0), l63, y=y)
             assert np.all(np.isfinite(var.get_samples()["x"])), precision
+            assert var.get_samples()["x"].shape == (1, 9, 3)
     finally:
         jax.config.update("jax_enable_x64", False)
 

@@ -19,6 +19,7 @@ smoother mean.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -126,14 +127,27 @@ def mean_trajectory(prior, x0: Array) -> Array:
 
 def fourdvar_cost(prior, log_likelihood, weak: bool):
     """The 4D-Var cost :math:`J` of the module docstring, as a function of the optimised
-    variable (the whole trajectory when ``weak``, else the initial state)."""
+    variable (the whole trajectory when ``weak``, else the initial state), in that
+    variable's dtype."""
 
     def cost(z):
         if weak:
-            return -(prior.log_prob(z) + log_likelihood(z))
-        return -(prior.initial.log_prob(z) + log_likelihood(mean_trajectory(prior, z)))
+            J = -(prior.log_prob(z) + log_likelihood(z))
+        else:
+            J = -(prior.initial.log_prob(z) + log_likelihood(mean_trajectory(prior, z)))
+        return J.astype(z.dtype)  # float64 model parameters must not promote the optimiser
 
     return cost
+
+
+def _precision(dtype: Any) -> contextlib.AbstractContextManager:
+    """``jax.enable_x64(True)`` for float64. For float32, x64 is switched off only when it is
+    globally off already: with ``jax_enable_x64`` set globally the model's parameters are float64
+    arrays, which cannot be traced with x64 switched off (lax dtype errors), so the float32 first
+    guess is then promoted by the model as everywhere else in the program."""
+    if dtype == jnp.float64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
 
 
 class _Prepared(NamedTuple):
@@ -158,7 +172,9 @@ class FourDVar(InferenceMethod):
         init: first guess: ``"mean"`` (the prior's deterministic mean trajectory), ``"sample"`` (a
             prior draw, using the run key) or an array of shape ``(L, *state_shape)``.
         precision: ``"float32"`` or ``"float64"`` (the optimisation runs under
-            ``jax.enable_x64``; results are returned as float32).
+            ``jax.enable_x64``; results are returned as float32). With ``jax_enable_x64`` set
+            globally, ``"float32"`` starts from a float32 first guess and the model's float64
+            parameters promote the computation.
         settings: a :class:`FourDVarSettings` instead of the keywords above.
 
     ``get_samples()[site]`` has one draw (the MAP; ``run`` accepts ``num_samples=1`` only).
@@ -226,13 +242,13 @@ class FourDVar(InferenceMethod):
             x = z if s.weak else mean_trajectory(prior, z)
             return x, value, gnorm, it, gtol, stalled
 
-        with jax.enable_x64(dtype == jnp.float64):
+        with _precision(dtype):
             z0 = (x_init if s.weak else x_init[0]).astype(dtype)
             compiled = solve.lower(z0).compile()
         return _Prepared(compiled, z0, traced, dtype)
 
     def _draw(self, state: _Prepared, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
-        with jax.enable_x64(state.dtype == jnp.float64):
+        with _precision(state.dtype):
             x, value, gnorm, it, gtol, stalled = jax.block_until_ready(state.compiled(state.z0))
             x = x.astype(jnp.float32)
             value, gnorm, it, gtol = float(value), float(gnorm), int(it), float(gtol)

@@ -1,6 +1,9 @@
 # Two entry points on a fresh machine with Python 3.11:
 #   make demo   -> creates .venv, installs the package, runs the Lorenz-63 assimilation demo
 #   make test   -> creates .venv, installs the package with its test extra, runs lint + tests
+# Python 3.12 installs ArviZ 1.x instead of 0.23 (see pyproject.toml); both work, e.g.
+#   make test PYTHON=python3.12 VENV=.venv312
+# .ci/run runs `make test` with both.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,4 +35,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/baselines.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv312 out .pytest_cache .ruff_cache

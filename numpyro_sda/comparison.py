@@ -14,8 +14,8 @@ column              meaning (physical units when ``system`` is given)
 ``energy_score``    energy score of the whole flattened trajectory at ``truth``
 ``w1``              exact Wasserstein-1 between the draws and the ``reference`` draws
                     (Rozet & Louppe 2023, §4.1), on at most ``max_w1_samples`` of each
-``log_likelihood``  mean over draws of :math:`\log p(y \mid x)` (model units; needs ``model_args``
-                    / ``model_kwargs``)
+``log_likelihood``  mean over draws of :math:`\log p(y \mid x)` (model units; with
+                    ``log_likelihood=True`` or ``model_args`` / ``model_kwargs``)
 ``log_prior``       mean over draws of :math:`\log p(x)` under ``prior`` (model units)
 ``log_evidence``    the method's own estimate, when it reports one in ``sample_stats``
 ``wall_time``, ``compile_time``, ``model_evals``  the method's cost as it recorded it
@@ -58,6 +58,18 @@ def trajectories_of(result: Any, name: str = "result") -> np.ndarray:
     return x
 
 
+def check_finite_draws(x: np.ndarray, name: str) -> None:
+    """Raise a ``ValueError`` naming ``name`` when some of its draws hold NaN or inf."""
+    bad = ~np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{name}: {int(bad.sum())} of {x.shape[0]} draws contain NaN or infinite values "
+            f"(first: draw {int(np.argmax(bad))}); the method diverged for them (SDA marks them "
+            "in sample_stats['diverging']). Compare the finite draws, e.g. "
+            "results[name] = draws[finite], or rerun the method with safer settings"
+        )
+
+
 def _to_physical(x: np.ndarray, system: Any) -> np.ndarray:
     return x if system is None else np.asarray(system.denormalize(x))
 
@@ -74,6 +86,7 @@ def compare(
     prior: Any = None,
     crps_estimator: str = "nrg",
     max_w1_samples: int = 2048,
+    log_likelihood: bool | None = None,
 ) -> pd.DataFrame:
     """Score several methods' posterior trajectories on the same footing.
 
@@ -84,11 +97,13 @@ def compare(
         reference: ground-truth posterior draws (a method or an array) for the W1 column.
         system: a dynamical system; draws, truth and reference are denormalised with
             ``system.denormalize`` before RMSE/spread/CRPS/energy score/W1.
-        model_args, model_kwargs: the arguments ``run`` received (observations included); when
-            either is given, the ``log_likelihood`` column is computed with each method's model
-            (or ``model``; arrays of draws use the first method's model, every method being run
-            on the same model). The prior argument only needs the right event shape and is
-            never sampled.
+        model_args, model_kwargs: the model arguments (observations included) for the
+            ``log_likelihood`` column, computed with each method's model (or ``model``; arrays
+            of draws use the first method's model, every method being run on the same model).
+            The prior argument only needs the right event shape and is never sampled. By
+            default each method uses the arguments its ``run`` received (kept on the result).
+        log_likelihood: compute the ``log_likelihood`` column (default: when ``model_args`` or
+            ``model_kwargs`` is given).
         prior: a distribution with an exact ``log_prob`` (e.g. ``system.markov_prior(length)``)
             for the ``log_prior`` column.
         crps_estimator: ``"nrg"`` (default) or ``"fair"``; see :func:`numpyro_sda.metrics.crps`.
@@ -100,11 +115,14 @@ def compare(
 
     Raises:
         ValueError: empty ``results``; trajectories of different shapes (named per method);
-            ``truth`` or ``reference`` of the wrong shape.
+            draws with NaN or inf (named per method); ``truth`` or ``reference`` of the wrong
+            shape.
     """
     if not isinstance(results, Mapping) or not results:
         raise ValueError("results must be a non-empty dict name -> InferenceMethod")
     model_draws = {str(k): trajectories_of(v, f"results[{k!r}]") for k, v in results.items()}
+    for k, x in model_draws.items():
+        check_finite_draws(x, f"results[{k!r}]")
     shapes = {k: tuple(v.shape[1:]) for k, v in model_draws.items()}
     if len(set(shapes.values())) > 1:
         listing = ", ".join(f"{k}: {s}" for k, s in shapes.items())
@@ -122,10 +140,12 @@ def compare(
     ref_phys = None
     if reference is not None:
         ref = trajectories_of(reference, "reference")
+        check_finite_draws(ref, "reference")
         if tuple(ref.shape[1:]) != shape:
             raise ValueError(f"reference draws must have shape (draws, *{shape}), got {ref.shape}")
         ref_phys = _to_physical(ref, system)[:max_w1_samples]
-    want_ll = model_args is not None or model_kwargs is not None
+    want_ll = (model_args is not None or model_kwargs is not None if log_likelihood is None
+               else bool(log_likelihood))
     default_model = next((r.model for r in results.values() if isinstance(r, InferenceMethod)),
                          None)
 
@@ -152,8 +172,9 @@ def compare(
             if fn is None:
                 raise ValueError(f"results[{name!r}] is an array and no method in results has a "
                                  f"model: pass model=... for the log_likelihood column")
+            args, kwargs = _model_arguments(res, results, model_args, model_kwargs, name)
             row["log_likelihood"] = float(np.mean(metrics.log_likelihood(
-                fn, x_model, tuple(model_args or ()), dict(model_kwargs or {}))))
+                fn, x_model, args, kwargs)))
         if prior is not None:
             row["log_prior"] = float(np.mean(metrics.log_prior(prior, x_model)))
         if isinstance(res, InferenceMethod):
@@ -172,6 +193,20 @@ def compare(
     df = df[[c for c in order if c in df.columns]]
     df.attrs["units"] = "physical" if system is not None else "model"
     return df
+
+
+def _model_arguments(res: Any, results: Mapping[str, Any], model_args: tuple | None,
+                     model_kwargs: Mapping[str, Any] | None, name: str) -> tuple[tuple, dict]:
+    """The model arguments for the log-likelihood of one row: the given ones, else those the
+    method's ``run`` received (arrays of draws: the first method's)."""
+    if model_args is not None or model_kwargs is not None:
+        return tuple(model_args or ()), dict(model_kwargs or {})
+    src = res if isinstance(res, InferenceMethod) else next(
+        (r for r in results.values() if isinstance(r, InferenceMethod)), None)
+    if src is None or not (src.model_args or src.model_kwargs):
+        raise ValueError(f"results[{name!r}]: no model arguments for the log_likelihood column; "
+                         "pass model_args=... / model_kwargs=...")
+    return tuple(src.model_args), dict(src.model_kwargs)
 
 
 def _fmt(v: Any, floatfmt: str) -> str:

@@ -20,6 +20,7 @@ and never saves unless asked: ``fig.savefig(...)`` is the caller's choice. Input
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,7 +69,8 @@ def plot_trajectories(
 
     Args:
         samples: draws ``(M, length, d)`` (or ``(M, length)`` for a scalar state) or a run
-            method.
+            method. Draws with NaN or inf are excluded, with a ``RuntimeWarning`` giving their
+            number.
         truth: ``(length, d)`` (or ``(length,)``).
         observations: direct observations of some state variables, ``(n_obs, k)`` (or
             ``(n_obs,)`` for ``k = 1``), drawn at ``obs_times`` (indices into the time axis, or
@@ -89,6 +91,17 @@ def plot_trajectories(
     if x.ndim != 3:
         raise ValueError(f"plot_trajectories needs draws of shape (draws, length, d), got "
                          f"{x.shape}; use plot_fields for 2-D fields")
+    finite = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    if not finite.all():
+        if not finite.any():
+            raise ValueError(f"plot_trajectories: all {x.shape[0]} draws contain NaN or infinite "
+                             "values; nothing to plot")
+        warnings.warn(
+            f"plot_trajectories: {int((~finite).sum())} of {x.shape[0]} draws contain NaN or "
+            f"infinite values and are excluded from the bands, the median and the drawn "
+            f"trajectories", RuntimeWarning, stacklevel=2,
+        )
+        x = x[finite]
     m, length, d = x.shape
     t = np.arange(length) if time is None else np.asarray(time)
     if t.shape != (length,):

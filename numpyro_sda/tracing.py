@@ -158,6 +158,23 @@ class TracedModel:
             return jax.vmap(one)(keys, xs, params)
         return jax.vmap(lambda k, x: one(k, x, None))(keys, xs)
 
+    def deterministic_values(self, xs: Array, params: dict | None = None) -> dict[str, Array]:
+        """The model's ``numpyro.deterministic`` sites evaluated at each trajectory in ``xs``.
+
+        Returns a dict site -> array with the leading draw axis of ``xs`` (empty when the model
+        has no deterministic site), as NumPyro's ``MCMC.get_samples`` / ``Predictive`` give them.
+        ``params`` maps other latent sites to arrays with the same leading axis.
+        """
+
+        def one(x, p):
+            tr = self._trace_given(x, p)
+            return {n: s["value"] for n, s in tr.items() if s["type"] == "deterministic"}
+
+        if not jax.eval_shape(one, xs[0], None if not params else
+                              {k: v[0] for k, v in params.items()}):
+            return {}
+        return jax.jit(jax.vmap(one))(xs, params)
+
 
 def trace_model(
     model: Callable,

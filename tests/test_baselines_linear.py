@@ -79,7 +79,7 @@ def problem():
 @pytest.fixture(scope="module")
 def kalman(problem):
     prior, y, *_ = problem
-    return KalmanSmoother(model, num_samples=4000).run(jax.random.key(2), prior, y=y)
+    return KalmanSmoother(model).run(jax.random.key(2), prior, y=y, num_samples=4000)
 
 
 def test_kalman_matches_dense_reference(problem, kalman):
@@ -99,8 +99,8 @@ def test_kalman_matches_dense_reference(problem, kalman):
 @pytest.mark.parametrize("smoother", ["ancestral", pytest.param("ffbsi", marks=pytest.mark.slow)])
 def test_particle_smoother_matches_kalman(problem, smoother):
     prior, y, mean, std, logz = problem
-    pf = ParticleSmoother(model, num_particles=4096, smoother=smoother, num_samples=1024)
-    pf.run(jax.random.key(3), prior, y=y)
+    pf = ParticleSmoother(model, num_particles=4096, smoother=smoother)
+    pf.run(jax.random.key(3), prior, y=y, num_samples=1024)
     xs = np.asarray(pf.get_samples()["x"])
     assert xs.shape == (1024, L, D)
     # Monte-Carlo error of a smoothed mean with ~1024 (correlated) draws: std / sqrt(1024) ~ 3%

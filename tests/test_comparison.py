@@ -184,7 +184,7 @@ def test_real_methods_sda_against_exact_kalman():
     mp = lg.markov_prior(length)
     sda = SDA(obs_model, steps=32, corrections=0, guidance="mmps", progress=False).run(
         jax.random.key(0), TrajectoryPrior(eps, length, (2,), sde=sde), y=y, num_samples=256)
-    k1 = KalmanSmoother(obs_model, num_samples=256).run(jax.random.key(1), mp, y=y)
+    k1 = KalmanSmoother(obs_model).run(jax.random.key(1), mp, y=y, num_samples=256)
     # A = 0: the exact posterior factorises over time, so independent exact draws for the W1
     # noise floor come straight from the smoother's marginals
     exact_mean = np.asarray(k1.mean)
@@ -213,3 +213,26 @@ def test_package_level_compare_is_the_function(problem):
     df = numpyro_sda.compare(results, truth=truth)
     assert list(df.index) == ["good", "biased", "point"]
     assert numpyro_sda.to_markdown(df).startswith("|")
+
+
+def test_nonfinite_draws_name_the_method(problem):
+    truth, _, results = problem
+    bad = np.asarray(results["good"].get_samples()["x"]).copy()
+    bad[5, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"results\['diverged'\]: 1 of 64 draws contain NaN"):
+        compare({"good": results["good"], "diverged": Given(bad).run()}, truth=truth)
+
+
+def test_log_likelihood_column_from_the_run_arguments():
+    from numpyro_sda.baselines import KalmanSmoother
+    from numpyro_sda.systems import LinearGaussian
+
+    lg = LinearGaussian(0.5 * jnp.eye(DIM), jnp.eye(DIM), jnp.zeros(DIM), jnp.eye(DIM))
+    prior = lg.markov_prior(LENGTH)
+    y = jnp.linspace(-1.0, 1.0, LENGTH // 2)
+    kal = KalmanSmoother(model).run(jax.random.key(0), prior, y=y, num_samples=16)
+    df = compare({"kalman": kal}, log_likelihood=True)
+    given = compare({"kalman": kal}, model_args=(prior,), model_kwargs={"y": y})
+    assert df.loc["kalman", "log_likelihood"] == given.loc["kalman", "log_likelihood"]
+    assert np.isfinite(df.loc["kalman", "log_likelihood"])
+    assert "log_likelihood" not in compare({"kalman": kal}).columns

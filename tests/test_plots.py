@@ -52,7 +52,7 @@ def oscillator():
     prior = system.markov_prior(LENGTH)
     truth = prior.sample(jax.random.key(0))
     y = truth[::4, :1] + 0.1 * jax.random.normal(jax.random.key(1), (truth[::4].shape[0], 1))
-    res = KalmanSmoother(model, num_samples=200).run(jax.random.key(2), prior, y=y)
+    res = KalmanSmoother(model).run(jax.random.key(2), prior, y=y, num_samples=200)
     return system, truth, y, res
 
 
@@ -185,3 +185,18 @@ def test_bad_inputs(oscillator):
     with pytest.raises(ValueError, match="velocity"):
         plots.vorticity(np.zeros((3, 4, 4)))
     plt.close("all")
+
+
+def test_trajectories_exclude_nonfinite_draws_and_say_so(oscillator):
+    system, truth, y, res = oscillator
+    xs = np.asarray(res.get_samples()["x"]).copy()
+    xs[:3, 5, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="3 of 200 draws contain NaN or infinite"):
+        fig = plots.plot_trajectories(xs)
+    ax = fig.axes[0]
+    median = next(line for line in ax.get_lines() if "median" in str(line.get_label()))
+    np.testing.assert_allclose(median.get_ydata(), np.median(xs[3:, :, 0], axis=0), rtol=1e-6)
+    assert len(ax.collections) == 2  # both credible bands are drawn
+    plt.close(fig)
+    with pytest.raises(ValueError, match="all 2 draws"):
+        plots.plot_trajectories(np.full((2, LENGTH, 2), np.nan))

@@ -28,25 +28,43 @@ backward scan over the stored transforms.
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax import Array
+from numpyro.primitives import Messenger
 
 from numpyro_sda.baselines.timesplit import (
+    TimeSplit,
     check_baseline_model,
     gaussian_markov_split,
     gaussian_sites,
     observed_flat,
     posterior_predictive,
 )
-from numpyro_sda.results import InferenceMethod
-from numpyro_sda.tracing import trace_model
+from numpyro_sda.results import InferenceMethod, check_choice, check_int, check_real
+from numpyro_sda.tracing import TracedModel, trace_model
 
-__all__ = ["EnKF", "EnKS", "gaspari_cohn", "mean_preserving_rotation"]
+__all__ = [
+    "EnKF",
+    "EnKS",
+    "EnsembleSettings",
+    "analysis_transform",
+    "apply_transform",
+    "enkf_filter",
+    "enks_backward",
+    "etkf_transform",
+    "gaspari_cohn",
+    "mean_preserving_rotation",
+    "periodic_tapers",
+    "stochastic_transform",
+    "whiten_mvn",
+]
 
 
 def mean_preserving_rotation(key: Array, n: int) -> Array:
@@ -71,6 +89,53 @@ def gaspari_cohn(r: Array) -> Array:
     return jnp.where(r <= 1, a, jnp.where(r < 2, b, 0.0))
 
 
+# ---------------------------------------------------------------------------------- observations
+class _WhitenMVN(Messenger):
+    r"""Replace every observed ``MultivariateNormal(m(x), L L^T)`` site by the equivalent
+    independent one, :math:`L^{-1} y \sim N(L^{-1} m(x), I)` (the same Kalman analysis; the
+    log-density differs by the constant :math:`\log |\det L|`)."""
+
+    def process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample" or not msg.get("is_observed"):
+            return
+        fn, n_event = msg["fn"], 0
+        while isinstance(fn, dist.Independent):
+            n_event += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        if not isinstance(fn, dist.MultivariateNormal):
+            return
+        solve = jnp.vectorize(
+            lambda L, v: jax.scipy.linalg.solve_triangular(L, v, lower=True),
+            signature="(k,k),(k)->(k)",
+        )
+        loc = solve(fn.scale_tril, fn.loc)
+        white = dist.Normal(loc, jnp.ones_like(loc)).to_event(1 + n_event)
+        msg["fn"] = white
+        msg["value"] = solve(fn.scale_tril, jnp.asarray(msg["value"]))
+
+
+def whiten_mvn(model: Callable) -> Callable:
+    """``model`` with its observed ``MultivariateNormal`` sites whitened (see :class:`_WhitenMVN`),
+    so that every observed element has its own independent Gaussian noise."""
+
+    def whitened(*args: Any, **kwargs: Any) -> Any:
+        with _WhitenMVN():
+            return model(*args, **kwargs)
+
+    return whitened
+
+
+class GaussianObservations(NamedTuple):
+    """Per-time padded Gaussian observations ``y_t = h_t(x_t) + N(0, diag(r_t^2))`` and, for
+    localisation, the state-component position of each observed element (``None`` without)."""
+
+    split: TimeSplit
+    y: Array  # (L, M), zero where masked
+    r: Array  # (L, M), one where masked
+    mask: Array  # (L, M)
+    positions: Array | None  # (L, M)
+
+
 def _component_locations(loc_of, points, L, size, key) -> np.ndarray:
     """Mean state-component index each flat observation depends on (-1 if none)."""
     n = int(jax.eval_shape(loc_of, points[0]).shape[0])
@@ -89,6 +154,185 @@ def _component_locations(loc_of, points, L, size, key) -> np.ndarray:
     return np.where(cnt > 0, pos, -1.0)
 
 
+def gaussian_observations(traced: TracedModel, key: Array, method: str,
+                          localize: bool) -> GaussianObservations:
+    """Read the per-time Gaussian observation model off a traced (whitened) model."""
+    prior = traced.prior
+    L, shape = prior.length, prior.state_shape
+    size = int(np.prod(shape, dtype=int))
+    points, loc_of, split = gaussian_markov_split(traced, key, method)
+    _, r0, m0 = gaussian_sites(traced, points[0])
+    _, r1, _ = gaussian_sites(traced, points[1])
+    if float(jnp.max(jnp.abs(r1 - r0))) > 1e-5 * float(jnp.max(jnp.abs(r0))):
+        raise ValueError(f"{method} needs observation noise scales that do not depend on the state")
+    y_all = observed_flat(traced, points[0])
+    idx = jnp.asarray(split.index)
+    msk = jnp.asarray(split.mask) & m0[idx]
+    positions = None
+    if localize:
+        if len(shape) != 1:
+            raise ValueError(f"localization needs 1-D (periodic) states, got state shape {shape}")
+        comp = _component_locations(loc_of, points, L, size, jax.random.fold_in(key, 2))
+        positions = jnp.asarray(comp)[idx]
+    return GaussianObservations(
+        split, jnp.where(msk, y_all[idx], 0.0), jnp.where(msk, r0[idx], 1.0), msk, positions,
+    )
+
+
+# ---------------------------------------------------------------------------------- analysis
+def periodic_tapers(positions: Array, size: int, radius: float) -> tuple[Array, Array]:
+    """Gaspari–Cohn tapers on a periodic 1-D grid of ``size`` points: state–observation
+    ``(size, M)`` and observation–observation ``(M, M)``."""
+    grid = jnp.arange(size)
+
+    def taper(a, b):
+        dd = jnp.abs(a[:, None] - b[None, :])
+        return gaspari_cohn(jnp.minimum(dd, size - dd) / radius)
+
+    return taper(grid, positions), taper(positions, positions)
+
+
+def stochastic_transform(key: Array, Y: Array, HE: Array, y: Array, r: Array, m: Array,
+                         tapers: tuple[Array, Array] | None = None) -> Array:
+    r"""Perturbed-observation EnKF right transforms ``(G, N, N)``:
+    :math:`T = I + \Pi Y^\top (Y Y^\top + (N-1) R)^{-1} D`, or with tapers
+    :math:`T_i = I + \Pi Y^\top \mathrm{diag}(\rho_i) (\rho_{yy} \circ Y Y^\top + (N-1) R)^{-1} D`."""
+    N = HE.shape[0]
+    eye = jnp.eye(N)
+    Pi = eye - jnp.ones((N, N)) / N
+    eps = jax.random.normal(key, (N, y.shape[0]), HE.dtype) * r
+    eps = eps - eps.mean(0)
+    D = jnp.where(m[:, None], (y + eps - HE).T, 0.0)  # (M, N)
+    R = jnp.diag(jnp.where(m, r**2, 1.0))
+    if tapers is None:
+        C = Y @ Y.T + (N - 1) * R
+        return (eye + (Pi @ Y.T) @ jnp.linalg.solve(C, D))[None]
+    rho_xy, rho_yy = tapers
+    G = jnp.linalg.solve(rho_yy * (Y @ Y.T) + (N - 1) * R, D)  # (M, N)
+    return eye[None] + jnp.einsum("nk,km,im,mj->inj", Pi, Y.T, rho_xy, G)
+
+
+def etkf_transform(Y: Array, d: Array, w_obs: Array) -> Array:
+    r"""Square-root (ETKF) right transform ``(N, N)`` with observation precisions ``w_obs``.
+
+    With the thin SVD :math:`S = \mathrm{diag}(\sqrt{w}) Y = U \mathrm{diag}(s) V^\top`,
+    :math:`P_w = (I - V \mathrm{diag}(g / (N-1+g)) V^\top) / (N-1)`, :math:`g = s^2`, so that the
+    cost is :math:`O(N \min(M, N)^2)` instead of :math:`O(N^3)`.
+    """
+    N = Y.shape[1]
+    eye = jnp.eye(N)
+    S = Y * jnp.sqrt(w_obs)[:, None]
+    U, sv, Vt = jnp.linalg.svd(S, full_matrices=False)
+    g = sv**2
+    wbar = Vt.T @ (sv / (N - 1 + g) * (U.T @ (d * jnp.sqrt(w_obs))))
+    W = eye + (Vt.T * (jnp.sqrt((N - 1) / (N - 1 + g)) - 1.0)) @ Vt
+    Z = wbar[:, None] + W
+    return jnp.ones((N, N)) / N + Z - Z.mean(0, keepdims=True)  # 11^T/N + Pi Z
+
+
+def analysis_transform(key: Array, HE: Array, y: Array, r: Array, m: Array, variant: str,
+                       tapers: tuple[Array, Array] | None = None) -> Array:
+    """The ``(G, N, N)`` analysis transforms of one time step (``G = 1`` global, ``G = size``
+    localised) from the observed ensemble ``HE`` ``(N, M)`` and the observations."""
+    HE = jnp.where(m[None], HE, 0.0)
+    Y = (HE - HE.mean(0)).T  # (M, N)
+    if variant == "stochastic":
+        return stochastic_transform(key, Y, HE, y, r, m, tapers)
+    d = jnp.where(m, y - HE.mean(0), 0.0)
+    prec = jnp.where(m, 1.0 / r**2, 0.0)
+    if tapers is None:
+        return etkf_transform(Y, d, prec)[None]
+    return jax.vmap(lambda rr: etkf_transform(Y, d, prec * rr))(tapers[0])
+
+
+def apply_transform(E: Array, T: Array) -> Array:
+    """``X T`` for an ensemble ``E`` ``(N, size)``: one global or one per state component."""
+    if T.shape[0] == 1:
+        return T[0].T @ E
+    return jnp.einsum("mi,imn->ni", E, T)
+
+
+def _apply_window(W: Array, T: Array) -> Array:
+    if T.shape[0] == 1:
+        return jnp.einsum("mn,lmi->lni", T[0], W)
+    return jnp.einsum("lmi,imn->lni", W, T)
+
+
+def enkf_filter(key: Array, E0: Array, forecast: Callable[[Array, Array], Array],
+                analysis: Callable[[Array, Array, Array], tuple[Array, Array]],
+                has_obs: Array, *, smooth: bool, window: bool) -> tuple[Array, Array | None]:
+    """The forecast–analysis loop over ``L = len(has_obs)`` steps (one ``lax.scan``).
+
+    ``forecast(key, E) -> E`` and ``analysis(key, E, t) -> (E, T)``. Returns the analysis
+    ensembles ``(L, N, size)`` and the stored transforms (for :func:`enks_backward`) or ``None``.
+    With ``window`` (EnKS) each analysis is applied at once to every earlier state instead.
+    """
+    L = has_obs.shape[0]
+    ka, key = jax.random.split(key)
+    E0, _ = analysis(ka, E0, 0)
+    W0 = jnp.zeros((L, *E0.shape), E0.dtype).at[0].set(E0) if window else None
+
+    def body(carry, inp):
+        E, W = carry
+        t, k = inp
+        kf, ka = jax.random.split(k)
+        E, T = analysis(ka, forecast(kf, E), t)
+        if window:
+            W = jax.lax.cond(has_obs[t], lambda: _apply_window(W, T), lambda: W)
+            return (E, W.at[t].set(E)), None
+        return (E, W), (E, T if smooth else None)
+
+    (_, W), outs = jax.lax.scan(body, (E0, W0), (jnp.arange(1, L), jax.random.split(key, L - 1)))
+    if window:
+        return W, None
+    Es, Ts = outs
+    return jnp.concatenate([E0[None], Es]), Ts
+
+
+def enks_backward(Es: Array, Ts: Array, has_obs: Array) -> Array:
+    r"""Ensemble Kalman smoother pass: :math:`X^s_t = X^a_t T_{t+1} \cdots T_{L-1}`, by one
+    backward scan over the stored transforms ``Ts`` ``(L-1, G, N, N)``."""
+    ident = jnp.broadcast_to(jnp.eye(Es.shape[1]), Ts.shape[1:])
+
+    def back(P, inp):
+        E_t, T_next, obs_next = inp  # P_t = T_{t+1} P_{t+1}
+        P = jax.lax.cond(obs_next, lambda: jnp.einsum("gij,gjk->gik", T_next, P), lambda: P)
+        return P, apply_transform(E_t, P)
+
+    _, Ess = jax.lax.scan(back, ident, (Es[:-1], Ts, has_obs[1:]), reverse=True)
+    return jnp.concatenate([Ess, Es[-1:]])
+
+
+# ---------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """Settings of :class:`EnKF` / :class:`EnKS` (validated on construction)."""
+
+    ensemble_size: int = 100
+    variant: str = "stochastic"
+    inflation: float = 1.0
+    localization: float | None = None
+    rotate: bool = False
+
+    def __post_init__(self) -> None:
+        f = object.__setattr__
+        f(self, "ensemble_size", check_int("ensemble_size", self.ensemble_size, 2))
+        check_choice("variant", self.variant, ("stochastic", "sqrt"))
+        f(self, "inflation", check_real("inflation", self.inflation, low=0, low_open=True))
+        if self.localization is not None:
+            f(self, "localization", check_real("localization", self.localization, low=0,
+                                               low_open=True))
+        if not isinstance(self.rotate, bool | np.bool_):
+            raise TypeError(f"rotate must be a bool, got {self.rotate!r}")
+        f(self, "rotate", bool(self.rotate))
+
+
+class _Prepared(NamedTuple):
+    compiled: Any
+    traced: TracedModel
+    length: int
+
+
 class _EnsembleKalman(InferenceMethod):
     smooth = False
 
@@ -101,209 +345,102 @@ class _EnsembleKalman(InferenceMethod):
         inflation: float = 1.0,
         localization: float | None = None,
         rotate: bool = False,
+        settings: EnsembleSettings | None = None,
     ) -> None:
-        if int(ensemble_size) != ensemble_size or ensemble_size < 2:
-            raise ValueError(f"ensemble_size must be an integer >= 2, got {ensemble_size!r}")
-        if variant not in ("stochastic", "sqrt"):
-            raise ValueError(f"variant must be 'stochastic' or 'sqrt', got {variant!r}")
-        if not inflation > 0:
-            raise ValueError(f"inflation must be positive, got {inflation!r}")
-        if localization is not None and not localization > 0:
-            raise ValueError(f"localization must be a positive radius or None, got {localization!r}")
-        super().__init__(
-            model, ensemble_size=int(ensemble_size), variant=variant,
-            inflation=float(inflation), localization=localization, rotate=bool(rotate),
-        )
-        self.N = int(ensemble_size)
+        if settings is None:
+            settings = EnsembleSettings(ensemble_size, variant, inflation, localization, rotate)
+        elif not isinstance(settings, EnsembleSettings):
+            raise TypeError(f"settings must be an EnsembleSettings, got {type(settings).__name__}")
+        super().__init__(model, settings)
 
-    def _prepare(self, key, traced, prior):
-        L, shape = prior.length, prior.state_shape
+    def default_num_samples(self, traced: TracedModel) -> int:
+        return self.settings.ensemble_size
+
+    def _check_model(self, traced: TracedModel) -> None:
+        check_baseline_model(traced, type(self).__name__)
+
+    def _build(self, traced: TracedModel, obs: GaussianObservations):
+        """The jitted ``run(key) -> ensemble (N, L, *state_shape)``."""
+        s, prior = self.settings, traced.prior
+        N, L, shape = s.ensemble_size, prior.length, prior.state_shape
         size = int(np.prod(shape, dtype=int))
-        points, loc_of, split = gaussian_markov_split(traced, key, type(self).__name__)
-        _, r0, m0 = gaussian_sites(traced, points[0])
-        _, r1, _ = gaussian_sites(traced, points[1])
-        if float(jnp.max(jnp.abs(r1 - r0))) > 1e-5 * float(jnp.max(jnp.abs(r0))):
-            raise ValueError(
-                f"{type(self).__name__} needs observation noise scales that do not depend on "
-                "the state"
-            )
-        y_all = observed_flat(traced, points[0])
-        comp = None
-        if self.settings["localization"] is not None:
-            if len(shape) != 1:
-                raise ValueError(
-                    f"localization needs 1-D (periodic) states, got state shape {shape}"
-                )
-            comp = _component_locations(loc_of, points, L, size, jax.random.fold_in(key, 2))
-        return split, r0, m0, y_all, comp
+        idx, has_obs = jnp.asarray(obs.split.index), jnp.asarray(obs.split.has_obs)
 
-    def run(self, rng_key: Array, *model_args: Any, **model_kwargs: Any):
-        traced = trace_model(self.model, model_args, model_kwargs)
-        prior = check_baseline_model(traced, type(self).__name__)
-        kp, kr, kpp = jax.random.split(rng_key, 3)
-        split, r_all, m_all, y_all, comp = self._prepare(kp, traced, prior)
-        N, L, shape = self.N, prior.length, prior.state_shape
-        size = int(np.prod(shape, dtype=int))
-        idx = jnp.asarray(split.index)
-        msk = jnp.asarray(split.mask) & m_all[idx]
-        y_t, r_t = jnp.where(msk, y_all[idx], 0.0), jnp.where(msk, r_all[idx], 1.0)
-        has_obs = jnp.asarray(split.has_obs)
-        variant, infl = self.settings["variant"], self.settings["inflation"]
-        radius = self.settings["localization"]
-        if radius is not None:
-            pos = jnp.asarray(comp)[idx]  # (L, M) observation positions
-            grid = jnp.arange(size)
-
-            def taper_xy(p):  # (M,) -> (size, M)
-                dd = jnp.abs(grid[:, None] - p[None, :])
-                dd = jnp.minimum(dd, size - dd)
-                return gaspari_cohn(dd / radius)
-
-            def taper_yy(p):
-                dd = jnp.abs(p[:, None] - p[None, :])
-                dd = jnp.minimum(dd, size - dd)
-                return gaspari_cohn(dd / radius)
-
-        def observe(E, t):
+        def observe(E, t):  # (N, size) -> (N, M) means of the elements assigned to t
             def one(x):
                 xx = jnp.broadcast_to(x.reshape(shape), (L, *shape))
                 return gaussian_sites(traced, xx)[0][idx[t]]
 
-            return jax.vmap(one)(E)  # (N, M)
+            return jax.vmap(one)(E)
 
-        eye = jnp.eye(N)
-        Pi = eye - jnp.ones((N, N)) / N
-
-        def transforms(key, E, t):
-            """(G, N, N) right transforms (G = 1 global, G = size localised)."""
-            m_t, y, r = msk[t], y_t[t], r_t[t]
-            HE = jnp.where(m_t[None], observe(E, t), 0.0)  # (N, M)
-            Y = (HE - HE.mean(0)).T  # (M, N)
-            d = jnp.where(m_t, y - HE.mean(0), 0.0)
-            if variant == "stochastic":
-                eps = jax.random.normal(key, (N, y.shape[0]), E.dtype) * r
-                eps = eps - eps.mean(0)
-                D = jnp.where(m_t[:, None], (y + eps - HE).T, 0.0)  # (M, N)
-                R = jnp.diag(jnp.where(m_t, r**2, 1.0))
-                if radius is None:
-                    C = Y @ Y.T + (N - 1) * R
-                    return (eye + (Pi @ Y.T) @ jnp.linalg.solve(C, D))[None]
-                p = pos[t]
-                C = taper_yy(p) * (Y @ Y.T) + (N - 1) * R
-                G = jnp.linalg.solve(C, D)  # (M, N)
-                rho = taper_xy(p)  # (size, M)
-                return eye[None] + jnp.einsum("nk,km,im,mj->inj", Pi, Y.T, rho, G)
-
-            def etkf(w_obs):  # w_obs: (M,) precision weights rho / r^2
-                # thin SVD S = U diag(s) V^T: P_w = (I - V diag(g / (N-1+g)) V^T) / (N-1),
-                # g = s^2, so that the cost is O(N min(M, N)^2) instead of O(N^3)
-                S = Y * jnp.sqrt(w_obs)[:, None]
-                U, sv, Vt = jnp.linalg.svd(S, full_matrices=False)
-                g = sv**2
-                wbar = Vt.T @ (sv / (N - 1 + g) * (U.T @ (d * jnp.sqrt(w_obs))))
-                W = eye + (Vt.T * (jnp.sqrt((N - 1) / (N - 1 + g)) - 1.0)) @ Vt
-                Z = wbar[:, None] + W
-                return jnp.ones((N, N)) / N + Z - Z.mean(0, keepdims=True)  # 11^T/N + Pi Z
-
-            prec = jnp.where(m_t, 1.0 / r**2, 0.0)
-            if radius is None:
-                return etkf(prec)[None]
-            rho = taper_xy(pos[t])
-            return jax.vmap(lambda rr: etkf(prec * rr))(rho)
-
-        def apply(E, T):
-            if T.shape[0] == 1:
-                return T[0].T @ E
-            return jnp.einsum("mi,imn->ni", E, T)
-
-        def inflate(E):
-            mu = E.mean(0)
-            return mu + infl * (E - mu)
-
-        G = 1 if radius is None else size
-        ident = jnp.broadcast_to(eye, (G, N, N))
-        smooth = self.smooth
+        G = 1 if s.localization is None else size
+        ident = jnp.broadcast_to(jnp.eye(N), (G, N, N))
         # EnKS: multiply the N x N transforms backwards (cost ~ G N^3 per analysis) or apply each
         # analysis to the stored window (cost ~ L N^2 size per analysis), whichever is cheaper
-        window = smooth and G * N >= L * size
-
-        def apply_window(W, T):
-            if T.shape[0] == 1:
-                return jnp.einsum("mn,lmi->lni", T[0], W)
-            return jnp.einsum("lmi,imn->lni", W, T)
-
-        rotate = self.settings["rotate"]
+        window = self.smooth and G * N >= L * size
 
         def analysis(key, E, t):
             def do():
                 k1, k2 = jax.random.split(key)
-                T = transforms(k1, E, t)
-                if rotate:
+                tapers = (None if obs.positions is None else
+                          periodic_tapers(obs.positions[t], size, s.localization))
+                T = analysis_transform(k1, observe(E, t), obs.y[t], obs.r[t], obs.mask[t],
+                                       s.variant, tapers)
+                if s.rotate:
                     T = jnp.einsum("gij,jk->gik", T, mean_preserving_rotation(k2, N))
-                return inflate(apply(E, T)), T
+                Ea = apply_transform(E, T)
+                mu = Ea.mean(0)
+                return mu + s.inflation * (Ea - mu), T  # multiplicative inflation
 
             return jax.lax.cond(has_obs[t], do, lambda: (E, ident))
+
+        def forecast(key, E):
+            keys = jax.random.split(key, N)
+            E = jax.vmap(lambda kk, x: prior.transition(x.reshape(shape)).sample(kk))(keys, E)
+            return E.reshape(N, size)
 
         @jax.jit
         def run(key):
             k0, key = jax.random.split(key)
             E0 = prior.initial.sample(k0, (N,)).reshape(N, size)
-            ka, key = jax.random.split(key)
-            E0, _ = analysis(ka, E0, 0)
-            W0 = jnp.zeros((L, N, size), E0.dtype).at[0].set(E0) if window else None
-
-            def body(carry, inp):
-                E, W = carry
-                t, k = inp
-                kf, ka = jax.random.split(k)
-                keys = jax.random.split(kf, N)
-                E = jax.vmap(lambda kk, x: prior.transition(x.reshape(shape)).sample(kk))(keys, E)
-                E = E.reshape(N, size)
-                E, T = analysis(ka, E, t)
-                if window:  # apply this analysis to every earlier state of the window
-                    W = jax.lax.cond(has_obs[t], lambda: apply_window(W, T), lambda: W)
-                    W = W.at[t].set(E)
-                    return (E, W), None
-                return (E, W), (E, T if smooth else None)
-
-            (_, W), outs = jax.lax.scan(
-                body, (E0, W0), (jnp.arange(1, L), jax.random.split(key, L - 1))
-            )
-            if window:
-                Es = W
-            else:
-                Es, Ts = outs
-                Es = jnp.concatenate([E0[None], Es])
-            if smooth and not window:
-                def back(P, inp):
-                    E_t, T_next, obs_next = inp  # P_t = T_{t+1} P_{t+1}
-                    P = jax.lax.cond(
-                        obs_next, lambda: jnp.einsum("gij,gjk->gik", T_next, P), lambda: P
-                    )
-                    return P, apply(E_t, P)
-
-                _, Ess = jax.lax.scan(back, ident, (Es[:-1], Ts, has_obs[1:]), reverse=True)
-                Es = jnp.concatenate([Ess, Es[-1:]])
+            Es, Ts = enkf_filter(key, E0, forecast, analysis, has_obs, smooth=self.smooth,
+                                 window=window)
+            if self.smooth and not window:
+                Es = enks_backward(Es, Ts, has_obs)
             return jnp.moveaxis(Es, 0, 1).reshape(N, L, *shape)
 
-        t0 = time.perf_counter()
-        compiled = run.lower(kr).compile()
-        self.compile_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ens = jax.block_until_ready(compiled(kr))
-        self.wall_time = time.perf_counter() - t0
-        if not bool(jnp.all(jnp.isfinite(ens))):
+        return run
+
+    def _prepare(self, traced: TracedModel, rng_key: Array, num_samples: int) -> _Prepared:
+        if num_samples > self.settings.ensemble_size:
+            raise ValueError(f"num_samples ({num_samples}) must be at most ensemble_size "
+                             f"({self.settings.ensemble_size}): the draws are ensemble members")
+        # the algorithm sees observed MultivariateNormal sites whitened; the result keeps the
+        # user's sites (observations, posterior predictive)
+        white = trace_model(whiten_mvn(self.model), traced.args, traced.kwargs)
+        kp, kr = jax.random.split(rng_key)
+        obs = gaussian_observations(white, kp, type(self).__name__,
+                                    self.settings.localization is not None)
+        compiled = self._build(white, obs).lower(kr).compile()
+        return _Prepared(compiled, traced, traced.prior.length)
+
+    def _draw(self, state: _Prepared, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
+        ens = state.compiled(rng_key)
+        stats = {"mean": ens.mean(0), "std": ens.std(0, ddof=1)}
+        return {state.traced.prior_name: ens[:num_samples]}, stats
+
+    def _finish(self, state: _Prepared, samples: dict, stats: dict) -> None:
+        if not bool(jnp.all(jnp.isfinite(stats["mean"]))):
             raise ValueError(
                 f"{type(self).__name__} produced non-finite states: the ensemble diverged "
                 "(try more members, inflation or localization)"
             )
-        self.prior_site = traced.prior_name
-        self.observations = dict(traced.observed)
-        self._samples = {traced.prior_name: ens}
-        self.sample_stats = {"mean": ens.mean(0), "std": ens.std(0, ddof=1)}
-        self.posterior_predictive = posterior_predictive(traced, kpp, ens)
-        self.num_model_evals = N * L
-        return self
+
+    def _num_model_evals(self, state: _Prepared, num_samples: int) -> int:
+        return self.settings.ensemble_size * state.length
+
+    def _posterior_predictive(self, traced: TracedModel, rng_key: Array, samples: dict) -> dict:
+        return posterior_predictive(traced, rng_key, samples[traced.prior_name])
 
 
 class EnKF(_EnsembleKalman):
@@ -311,16 +448,20 @@ class EnKF(_EnsembleKalman):
 
     Args:
         model: the user's model with a ``MarkovPrior`` trajectory site and Gaussian observation
-            sites (any mean function of one time step, state-independent noise).
-        ensemble_size: number of members :math:`N`.
+            sites (``Normal`` or ``MultivariateNormal``; any mean function of one time step,
+            state-independent noise).
+        ensemble_size: number of members :math:`N`; ``run(..., num_samples=M)`` returns the
+            first ``M <= N`` members (default all).
         variant: ``"stochastic"`` (perturbed observations) or ``"sqrt"`` (ETKF / LETKF).
         inflation: multiplicative inflation :math:`\\lambda` applied after each analysis.
         localization: Gaspari–Cohn half-width in grid points for 1-D periodic states, or None.
         rotate: post-multiply each analysis transform by a random mean-preserving rotation
             (DAPPER's ``rot=True``), which keeps small square-root ensembles from clustering.
+        settings: an :class:`EnsembleSettings` instead of the keywords above.
 
     The returned draws are filtering marginals (not a joint smoothing distribution);
-    ``sample_stats["mean"]`` is the analysis mean, ``"std"`` the ensemble spread.
+    ``sample_stats["mean"]`` is the analysis mean, ``"std"`` the ensemble spread (whole
+    ensemble).
     """
 
     method = "EnKF"

@@ -21,7 +21,7 @@ checked to be independent of the state.
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -37,9 +37,15 @@ from numpyro_sda.baselines.timesplit import (
     posterior_predictive,
 )
 from numpyro_sda.results import InferenceMethod
-from numpyro_sda.tracing import trace_model
+from numpyro_sda.tracing import TracedModel
 
-__all__ = ["KalmanSmoother", "LinearObservations", "linear_observations", "kalman_smoother"]
+__all__ = [
+    "KalmanSettings",
+    "KalmanSmoother",
+    "LinearObservations",
+    "kalman_smoother",
+    "linear_observations",
+]
 
 
 class LinearObservations(NamedTuple):
@@ -174,6 +180,18 @@ def kalman_smoother(dyn, obs: LinearObservations, key: Array | None = None, num_
     return mean, cov, logz, draws
 
 
+@dataclass(frozen=True)
+class KalmanSettings:
+    """Settings of :class:`KalmanSmoother` (it has none: the posterior is exact)."""
+
+
+class _Prepared(NamedTuple):
+    compiled: Any
+    dynamics: Any
+    obs: LinearObservations
+    traced: TracedModel
+
+
 class KalmanSmoother(InferenceMethod):
     """Exact posterior of a linear-Gaussian model written as an ordinary NumPyro model.
 
@@ -181,22 +199,28 @@ class KalmanSmoother(InferenceMethod):
         model: the user's model; the prior site must be a ``MarkovPrior`` with ``.linear`` set
             (``LinearGaussian(...).markov_prior(L)``) and the observed sites Gaussian with means
             affine in one state each and state-independent noise (clear errors otherwise).
-        num_samples: number of exact joint posterior draws returned by ``get_samples()``.
+        num_samples: deprecated; pass ``num_samples`` to :meth:`run` (number of exact joint
+            posterior draws, default 1000; 0 returns the smoothed mean as the one draw).
 
     After ``run``: ``mean`` (L, d), ``cov`` (L, d, d), ``std`` (L, d), ``log_evidence``;
-    ``sample_stats`` has ``"mean"``, ``"std"``, ``"log_evidence"``.
+    ``sample_stats`` has ``"mean"``, ``"std"``, ``"log_evidence"``. ``compile_time`` covers
+    reading the linear observation model off the user's model and compiling the smoother.
     """
 
     method = "Kalman"
+    _min_num_samples = 0
 
-    def __init__(self, model, num_samples: int = 1000) -> None:
-        if int(num_samples) != num_samples or num_samples < 0:
-            raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
-        super().__init__(model, num_samples=int(num_samples))
-        self.num_samples = int(num_samples)
+    def __init__(self, model, num_samples: int | None = None, *,
+                 settings: KalmanSettings | None = None) -> None:
+        if settings is not None and not isinstance(settings, KalmanSettings):
+            raise TypeError(f"settings must be a KalmanSettings, got {type(settings).__name__}")
+        super().__init__(model, KalmanSettings() if settings is None else settings)
+        self._deprecated_num_samples(num_samples)
 
-    def run(self, rng_key: Array, *model_args: Any, **model_kwargs: Any) -> KalmanSmoother:
-        traced = trace_model(self.model, model_args, model_kwargs)
+    def default_num_samples(self, traced: TracedModel) -> int:
+        return 1000
+
+    def _check_model(self, traced: TracedModel) -> None:
         prior = check_baseline_model(traced, "KalmanSmoother")
         if prior.linear is None:
             raise ValueError(
@@ -204,22 +228,28 @@ class KalmanSmoother(InferenceMethod):
                 "(use LinearGaussian(...).markov_prior(length), or MarkovPrior(..., "
                 "linear=LinearGaussianDynamics(A, b, Q, m0, P0)))"
             )
-        k1, k2, k3 = jax.random.split(rng_key, 3)
-        t0 = time.perf_counter()
+
+    def _prepare(self, traced: TracedModel, rng_key: Array, num_samples: int) -> _Prepared:
+        k1, k2 = jax.random.split(rng_key)
         obs = linear_observations(traced, k1)
         fn = jax.jit(kalman_smoother, static_argnames=("num_samples",))
-        mean, cov, logz, draws = jax.block_until_ready(
-            fn(prior.linear, obs, k2, num_samples=self.num_samples)
-        )
-        self.wall_time = time.perf_counter() - t0
-        self.mean, self.cov, self.log_evidence = mean, cov, logz
-        self.std = jnp.sqrt(jnp.clip(jnp.diagonal(cov, axis1=-2, axis2=-1), 0.0))
-        self.prior_site = traced.prior_name
-        self.observations = dict(traced.observed)
+        compiled = fn.lower(traced.prior.linear, obs, k2, num_samples=num_samples).compile()
+        return _Prepared(compiled, traced.prior.linear, obs, traced)
+
+    def _draw(self, state: _Prepared, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
+        mean, cov, logz, draws = state.compiled(state.dynamics, state.obs, rng_key)
         if draws is None:
             draws = mean[None]
-        self._samples = {traced.prior_name: draws}
-        self.sample_stats = {"mean": mean, "std": self.std, "log_evidence": logz}
-        self.posterior_predictive = posterior_predictive(traced, k3, draws)
-        self.num_model_evals = prior.length
-        return self
+        std = jnp.sqrt(jnp.clip(jnp.diagonal(cov, axis1=-2, axis2=-1), 0.0))
+        stats = {"mean": mean, "std": std, "log_evidence": logz, "cov": cov}
+        return {state.traced.prior_name: draws}, stats
+
+    def _finish(self, state: _Prepared, samples: dict, stats: dict) -> None:
+        self.cov = stats.pop("cov")
+        self.mean, self.std, self.log_evidence = stats["mean"], stats["std"], stats["log_evidence"]
+
+    def _num_model_evals(self, state: _Prepared, num_samples: int) -> int:
+        return state.traced.prior.length
+
+    def _posterior_predictive(self, traced: TracedModel, rng_key: Array, samples: dict) -> dict:
+        return posterior_predictive(traced, rng_key, samples[traced.prior_name])

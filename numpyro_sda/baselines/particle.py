@@ -22,13 +22,23 @@ by copying paths. For Lorenz-96 with 32 variables, 16384 particles and 1000 step
 2.1 GB + 2 x 64 MB (float32/int32), which fits in the 23 GiB of this machine. The per-time
 likelihood is evaluated in particle chunks (``chunk_elements``) so that the surrogate
 trajectories never exceed that many floats at once.
+
+Path degeneracy: ancestral tracing returns ``num_samples`` draws that may share a few ancestors
+at early times (after many resamplings all paths coalesce). The number of distinct particles
+the draws pass through at each time is recorded in ``sample_stats["distinct_paths"]`` and a
+warning is raised when it falls below ``path_warning * num_samples``. FFBSi does not coalesce;
+``smoother="auto"`` (the default) uses it whenever its cost,
+``num_samples x num_particles x (length - 1)`` transition densities, is at most
+``ffbsi_budget`` (default :math:`2^{32}`) and the observation model is Markov (lag 1), and
+ancestral tracing otherwise.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,10 +56,23 @@ from numpyro_sda.baselines.timesplit import (
     split_over_time,
     surrogate_trajectory,
 )
-from numpyro_sda.results import InferenceMethod
-from numpyro_sda.tracing import TracedModel, trace_model
+from numpyro_sda.results import (
+    InferenceMethod,
+    check_choice,
+    check_int,
+    check_real,
+)
+from numpyro_sda.tracing import TracedModel
 
-__all__ = ["ParticleSmoother", "resample_systematic", "resample_multinomial"]
+__all__ = [
+    "ParticleSettings",
+    "ParticleSmoother",
+    "ancestral_paths",
+    "distinct_count",
+    "ffbsi_paths",
+    "resample_multinomial",
+    "resample_systematic",
+]
 
 
 def resample_systematic(key: Array, log_weights: Array, num: int) -> Array:
@@ -57,7 +80,8 @@ def resample_systematic(key: Array, log_weights: Array, num: int) -> Array:
     w = jnp.exp(log_weights - logsumexp(log_weights))
     cdf = jnp.cumsum(w)
     u = (jax.random.uniform(key, (), cdf.dtype) + jnp.arange(num, dtype=cdf.dtype)) / num
-    return jnp.clip(jnp.searchsorted(cdf, u * cdf[-1]), 0, log_weights.shape[0] - 1)
+    idx = jnp.searchsorted(cdf, u * cdf[-1])
+    return jnp.clip(idx, 0, log_weights.shape[0] - 1).astype(jnp.int32)
 
 
 def resample_multinomial(key: Array, log_weights: Array, num: int) -> Array:
@@ -65,14 +89,245 @@ def resample_multinomial(key: Array, log_weights: Array, num: int) -> Array:
     w = jnp.exp(log_weights - logsumexp(log_weights))
     cdf = jnp.cumsum(w)
     u = jnp.sort(jax.random.uniform(key, (num,), cdf.dtype))
-    return jnp.clip(jnp.searchsorted(cdf, u * cdf[-1]), 0, log_weights.shape[0] - 1)
+    idx = jnp.searchsorted(cdf, u * cdf[-1])
+    return jnp.clip(idx, 0, log_weights.shape[0] - 1).astype(jnp.int32)
 
 
 _RESAMPLERS = {"systematic": resample_systematic, "multinomial": resample_multinomial}
+_SMOOTHERS = ("auto", "ancestral", "ffbsi")
+
+
+@dataclass(frozen=True)
+class ParticleSettings:
+    """Settings of :class:`ParticleSmoother` (validated on construction; see its docstring)."""
+
+    num_particles: int = 16384
+    resampling: str = "systematic"
+    ess_threshold: float = 0.5
+    smoother: str = "auto"
+    regularization: float = 0.0
+    ess_warning: float = 1e-3
+    path_warning: float = 0.1
+    ffbsi_budget: int = 2**32
+    max_lag: int = 8
+    chunk_elements: int = 2**24
+
+    def __post_init__(self) -> None:
+        f = object.__setattr__
+        f(self, "num_particles", check_int("num_particles", self.num_particles, 2))
+        check_choice("resampling", self.resampling, _RESAMPLERS)
+        f(self, "ess_threshold", check_real("ess_threshold", self.ess_threshold, low=0, high=1))
+        check_choice("smoother", self.smoother, _SMOOTHERS)
+        f(self, "regularization", check_real("regularization", self.regularization, low=0))
+        f(self, "ess_warning", check_real("ess_warning", self.ess_warning, low=0, high=1))
+        f(self, "path_warning", check_real("path_warning", self.path_warning, low=0, high=1))
+        f(self, "ffbsi_budget", check_int("ffbsi_budget", self.ffbsi_budget, 0))
+        f(self, "max_lag", check_int("max_lag", self.max_lag, 1))
+        f(self, "chunk_elements", check_int("chunk_elements", self.chunk_elements, 1))
+
+    def choose_smoother(self, num_samples: int, length: int, lag: int) -> str:
+        """``"ffbsi"`` or ``"ancestral"``: the explicit choice, or the ``"auto"`` rule (FFBSi when
+        ``num_samples * num_particles * (length - 1) <= ffbsi_budget`` and ``lag == 1``)."""
+        if self.smoother != "auto":
+            return self.smoother
+        cost = num_samples * self.num_particles * max(length - 1, 0)
+        return "ffbsi" if lag == 1 and cost <= self.ffbsi_budget else "ancestral"
+
+
+class FilterOutput(NamedTuple):
+    """What the bootstrap filter stores: states, ancestors, normalised log-weights, ESS,
+    resampling flags (all with a leading time axis), the log-evidence and the first time with
+    non-finite weights (-1 if none)."""
+
+    xs: Array
+    ancestors: Array
+    log_weights: Array
+    ess: Array
+    resampled: Array
+    log_evidence: Array
+    first_bad: Array
+
+
+def distinct_count(idx: Array) -> Array:
+    """Number of distinct values in an integer vector (sort and count changes; jit-friendly)."""
+    s = jnp.sort(idx)
+    return 1 + jnp.sum(s[1:] != s[:-1])
 
 
 def _sample_transition(prior, keys: Array, xs: Array) -> Array:
     return jax.vmap(lambda k, x: prior.transition(x).sample(k))(keys, xs)
+
+
+def normalise_weights(lw: Array, ll: Array) -> tuple[Array, Array, Array, Array]:
+    r"""Update the log-weights with the log-likelihoods: ``(lw_new, log increment, ESS, bad)``.
+
+    :math:`\tilde w^i = W^i p(y_t \mid x_t^i)`, increment :math:`\log \sum_i \tilde w^i`, ``bad``
+    when a log-likelihood is NaN/+inf or every weight vanishes.
+    """
+    bad = jnp.any(jnp.isnan(ll) | (ll == jnp.inf))
+    tot = lw + ll
+    inc = logsumexp(tot)
+    bad = bad | ~jnp.isfinite(inc)
+    lw_new = tot - inc
+    ess = 1.0 / jnp.sum(jnp.exp(2.0 * lw_new))
+    return lw_new, inc, ess, bad
+
+
+def regularised_jitter(key: Array, x: Array, lw: Array, parents: Array,
+                       bandwidth: float) -> Array:
+    r"""Resample ``x[parents]`` and move the duplicates by :math:`N(0, h^2 \hat\Sigma_w)`
+    (regularised particle filter, Musso, Oudjane & Le Gland, 2001)."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    size = flat.shape[1]
+    w = jnp.exp(lw)
+    mu = w @ flat
+    A = (flat - mu) * jnp.sqrt(w)[:, None] / jnp.sqrt(jnp.maximum(1.0 - w @ w, 1e-12))
+    C = A.T @ A + 1e-12 * jnp.eye(size, dtype=flat.dtype)
+    chol = jnp.linalg.cholesky(C)
+    counts = jnp.zeros(n, jnp.int32).at[parents].add(1)
+    dup = counts[parents] > 1
+    z = jax.random.normal(key, (n, size), flat.dtype) @ chol.T
+    new = flat[parents] + bandwidth * jnp.where(dup[:, None], z, 0.0)
+    return new.reshape(x.shape)
+
+
+def bootstrap_filter(
+    key: Array,
+    prior,
+    weigh: Callable[[int, Array, Array], tuple[Array, Array, Array, Array]],
+    *,
+    num_particles: int,
+    lag: int,
+    resample: Callable[[Array, Array, int], Array],
+    ess_threshold: float,
+    bandwidth: float,
+) -> FilterOutput:
+    """The bootstrap particle filter over the prior's ``length`` steps (one ``lax.scan``).
+
+    ``weigh(t, windows, lw)`` returns :func:`normalise_weights` of the time-``t`` likelihood of
+    the particles' last ``lag`` states ``windows`` ``(N, lag, *state)``.
+    """
+    N, L, K = num_particles, prior.length, lag
+    always = ess_threshold >= 1.0
+    thr = ess_threshold * N
+    k0, key = jax.random.split(key)
+    x0 = prior.initial.sample(k0, (N,))
+    win0 = jnp.repeat(x0[:, None], K, axis=1)
+    lw0 = jnp.full((N,), -jnp.log(N), x0.dtype)
+    lw0, inc0, ess0, bad0 = weigh(0, win0, lw0)
+
+    def body(carry, inp):
+        x, win, lw, logz, first_bad = carry
+        t, k = inp
+        kr, kj, kp = jax.random.split(k, 3)
+        ess_prev = 1.0 / jnp.sum(jnp.exp(2.0 * lw))
+        do = (ess_prev < thr) | always
+        parents = jax.lax.cond(
+            do, lambda: resample(kr, lw, N), lambda: jnp.arange(N, dtype=jnp.int32)
+        )
+        if bandwidth > 0:
+            xp = jax.lax.cond(do, lambda: regularised_jitter(kj, x, lw, parents, bandwidth),
+                              lambda: x[parents])
+        else:
+            xp = x[parents]
+        lw = jnp.where(do, -jnp.log(N).astype(lw.dtype), lw)
+        xn = _sample_transition(prior, jax.random.split(kp, N), xp)
+        win = jnp.concatenate([win[parents, 1:], xn[:, None]], axis=1)
+        lw, inc, ess, bad = weigh(t, win, lw)
+        first_bad = jnp.where((first_bad < 0) & bad, t, first_bad)
+        return (xn, win, lw, logz + inc, first_bad), (xn, parents, lw, ess, do)
+
+    ts = jnp.arange(1, L, dtype=jnp.int32)
+    init = (x0, win0, lw0, inc0, jnp.where(bad0, 0, -1).astype(jnp.int32))
+    carry, (xs, anc, lws, ess, did) = jax.lax.scan(body, init, (ts, jax.random.split(key, L - 1)))
+    return FilterOutput(
+        xs=jnp.concatenate([x0[None], xs]),
+        ancestors=jnp.concatenate([jnp.arange(N, dtype=jnp.int32)[None], anc]),
+        log_weights=jnp.concatenate([lw0[None], lws]),
+        ess=jnp.concatenate([ess0[None], ess]),
+        resampled=jnp.concatenate([jnp.zeros((1,), bool), did]),
+        log_evidence=carry[3],
+        first_bad=carry[4],
+    )
+
+
+def ancestral_paths(key: Array, filt: FilterOutput, num: int) -> tuple[Array, Array]:
+    """Ancestral tracing (Kitagawa, 1996): pick final particles by weight and follow their
+    ancestors back. Returns the draws ``(num, L, *state)`` and the number of distinct particles
+    they pass through at each time ``(L,)``."""
+    idx = resample_multinomial(key, filt.log_weights[-1], num)
+
+    def back(i, inp):
+        x_t, a_t = inp
+        return a_t[i], (x_t[i], distinct_count(i))
+
+    _, (traj, distinct) = jax.lax.scan(back, idx, (filt.xs, filt.ancestors), reverse=True)
+    return jnp.moveaxis(traj, 0, 1), distinct
+
+
+def ffbsi_paths(key: Array, prior, filt: FilterOutput, num: int) -> tuple[Array, Array]:
+    r"""Forward-filtering backward-simulation (Godsill, Doucet & West, 2004),
+    :math:`P(x_t = x_t^i \mid x_{t+1}) \propto W_t^i p(x_{t+1} \mid x_t^i)`. Returns the draws
+    ``(num, L, *state)`` and the number of distinct particles picked at each time ``(L,)``."""
+    xs, lws = filt.xs, filt.log_weights
+    N = xs.shape[1]
+    kL, key = jax.random.split(key)
+    idx = resample_multinomial(kL, lws[-1], num)
+    x_last = xs[-1][idx]
+
+    def back(x_next, inp):
+        x_t, lw_t, k = inp
+
+        def logw_one(xn):
+            return lw_t + jax.vmap(lambda xi: prior.transition(xi).log_prob(xn))(x_t)
+
+        def pick(kk, xn):
+            return jax.random.categorical(kk, logw_one(xn))
+
+        i = jax.lax.map(
+            lambda a: pick(*a), (jax.random.split(k, num), x_next),
+            batch_size=max(1, min(num, 2**22 // N)),
+        )
+        x_new = x_t[i]
+        return x_new, (x_new, distinct_count(i))
+
+    keys = jax.random.split(key, xs.shape[0] - 1)
+    _, (traj, distinct) = jax.lax.scan(back, x_last, (xs[:-1], lws[:-1], keys), reverse=True)
+    traj = jnp.concatenate([traj, x_last[None]])
+    distinct = jnp.concatenate([distinct, distinct_count(idx)[None]])
+    return jnp.moveaxis(traj, 0, 1), distinct
+
+
+def step_log_likelihood(traced: TracedModel, split: TimeSplit, chunk: int):
+    """``weigh(t, windows, lw)`` for :func:`bootstrap_filter`: the time-``t`` share of the
+    model's log-likelihood, evaluated in particle chunks of ``chunk`` surrogate trajectories."""
+    L = split.length
+    index, mask, has_obs = (jnp.asarray(a) for a in (split.index, split.mask, split.has_obs))
+
+    def loglik(t, windows):
+        idx, msk = index[t], mask[t]
+
+        def one(w):
+            ll = flat_log_likelihood(traced, surrogate_trajectory(w, t, L))
+            return jnp.sum(jnp.where(msk, ll[idx], 0.0))
+
+        return jax.lax.map(one, windows, batch_size=chunk)
+
+    def weigh(t, windows, lw):
+        ll = jax.lax.cond(has_obs[t], lambda: loglik(t, windows), lambda: jnp.zeros_like(lw))
+        return normalise_weights(lw, ll)
+
+    return weigh
+
+
+class _Prepared(NamedTuple):
+    compiled: Any
+    traced: TracedModel
+    split: TimeSplit
+    const: float
+    smoother: str
+    length: int
 
 
 class ParticleSmoother(InferenceMethod):
@@ -84,22 +339,28 @@ class ParticleSmoother(InferenceMethod):
         num_particles: number of particles :math:`N`.
         resampling: ``"systematic"`` (default) or ``"multinomial"``.
         ess_threshold: resample when ESS < ``ess_threshold * N`` (1.0: at every step; 0: never).
-        smoother: ``"ancestral"`` (path tracing) or ``"ffbsi"`` (backward simulation, cost
+        smoother: ``"auto"`` (default: FFBSi where affordable, see the module docstring),
+            ``"ancestral"`` (path tracing) or ``"ffbsi"`` (backward simulation, cost
             O(num_samples x N) transition densities per step).
-        num_samples: number of smoothed trajectories returned (default ``min(N, 1024)``).
         regularization: jitter bandwidth factor after resampling (``0`` = exact bootstrap
             filter). Resampled duplicates get Gaussian noise with covariance
             :math:`(h\,\mathrm{reg})^2 \hat\Sigma_w`, :math:`h = N^{-1/(d+4)}` (regularised PF,
             Musso, Oudjane & Le Gland, 2001); needed for deterministic dynamics.
         ess_warning: warn when the ESS falls below ``max(ess_warning * N, 2)`` at any time.
+        path_warning: warn when the draws pass through fewer than ``path_warning *
+            num_samples`` distinct particles at any time (path degeneracy).
+        ffbsi_budget: largest ``num_samples * N * (length - 1)`` for which ``"auto"`` picks FFBSi.
         max_lag: largest number of consecutive states one observed element may depend on; the
             particles then carry their last ``lag`` states. Beyond it the model is rejected as
             not Markov (ValueError).
         chunk_elements: bound on the number of floats in one batch of surrogate trajectories.
+        settings: a :class:`ParticleSettings` instead of the keywords above.
+        num_samples: deprecated; pass ``num_samples`` to :meth:`run` (default ``min(N, 1024)``).
 
     ``sample_stats``: ``"ess"`` (L,), ``"resampled"`` (L,), ``"log_evidence"`` (),
-    ``"filter_mean"`` (L, *state_shape) (weighted filtering means), ``"log_weight"`` per draw (all
-    zero: draws are equally weighted).
+    ``"filter_mean"`` (L, *state_shape) (weighted filtering means), ``"distinct_paths"`` (L,)
+    (distinct particles the draws pass through at each time), ``"log_weight"`` per draw (all
+    zero: draws are equally weighted). ``smoother_used`` is the smoother that ran.
     """
 
     method = "BPF"
@@ -111,53 +372,53 @@ class ParticleSmoother(InferenceMethod):
         *,
         resampling: str = "systematic",
         ess_threshold: float = 0.5,
-        smoother: str = "ancestral",
+        smoother: str = "auto",
         num_samples: int | None = None,
         regularization: float = 0.0,
         ess_warning: float = 1e-3,
+        path_warning: float = 0.1,
+        ffbsi_budget: int = 2**32,
         max_lag: int = 8,
         chunk_elements: int = 2**24,
+        settings: ParticleSettings | None = None,
     ) -> None:
-        if int(num_particles) != num_particles or num_particles < 2:
-            raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
-        if resampling not in _RESAMPLERS:
-            raise ValueError(f"resampling must be one of {sorted(_RESAMPLERS)}, got {resampling!r}")
-        if not 0.0 <= ess_threshold <= 1.0:
-            raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
-        if smoother not in ("ancestral", "ffbsi"):
-            raise ValueError(f"smoother must be 'ancestral' or 'ffbsi', got {smoother!r}")
-        if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if regularization < 0:
-            raise ValueError(f"regularization must be >= 0, got {regularization!r}")
-        super().__init__(
-            model, num_particles=int(num_particles), resampling=resampling,
-            ess_threshold=float(ess_threshold), smoother=smoother, num_samples=num_samples,
-            regularization=float(regularization), ess_warning=float(ess_warning),
-            max_lag=int(max_lag), chunk_elements=int(chunk_elements),
-        )
-        self.num_particles = int(num_particles)
-        self.num_samples = min(self.num_particles, 1024) if num_samples is None else int(num_samples)
-        self.traced: TracedModel | None = None
+        if settings is None:
+            settings = ParticleSettings(
+                num_particles=num_particles, resampling=resampling, ess_threshold=ess_threshold,
+                smoother=smoother, regularization=regularization, ess_warning=ess_warning,
+                path_warning=path_warning, ffbsi_budget=ffbsi_budget, max_lag=max_lag,
+                chunk_elements=chunk_elements,
+            )
+        elif not isinstance(settings, ParticleSettings):
+            raise TypeError(f"settings must be a ParticleSettings, got {type(settings).__name__}")
+        super().__init__(model, settings)
+        self._deprecated_num_samples(num_samples)
         self.split: TimeSplit | None = None
+        self.smoother_used: str | None = None
+
+    def default_num_samples(self, traced: TracedModel) -> int:
+        return min(self.settings.num_particles, 1024)
+
+    def _check_model(self, traced: TracedModel) -> None:
+        check_baseline_model(traced, type(self).__name__)
 
     # ------------------------------------------------------------------ building blocks
-    def _prepare(self, rng_key: Array, args: tuple, kwargs: dict):
-        traced = trace_model(self.model, args, kwargs)
-        prior = check_baseline_model(traced, type(self).__name__)
+    def _time_split(self, traced: TracedModel, rng_key: Array) -> tuple[TimeSplit, float]:
+        """The per-time split of the likelihood and its state-independent constant."""
+        s, prior = self.settings, traced.prior
         points = probe_points(traced, rng_key)
         first, last = dependence_times(
             lambda x: flat_log_likelihood(traced, x), points, key=jax.random.fold_in(rng_key, 1),
-            chunk_elements=self.settings["chunk_elements"],
+            chunk_elements=s.chunk_elements,
         )
         split = split_over_time(first, last, prior.length)
-        if split.lag > self.settings["max_lag"]:
+        if split.lag > s.max_lag:
             raise ValueError(
                 f"the observation model is not Markov: {split.describe_nonmarkov()}, a lag of "
-                f"{split.lag} states (max_lag={self.settings['max_lag']}). Each observed element "
+                f"{split.lag} states (max_lag={s.max_lag}). Each observed element "
                 "should depend on one time step (or a few consecutive ones)"
             )
-        if split.lag > 1 and self.settings["smoother"] == "ffbsi":
+        if split.lag > 1 and s.smoother == "ffbsi":
             raise ValueError(
                 "the observation model is not Markov (" + split.describe_nonmarkov() + "); "
                 "FFBSi needs every observed element to depend on one time step: use "
@@ -167,187 +428,96 @@ class ParticleSmoother(InferenceMethod):
         const = float(jax.jit(
             lambda x: jnp.sum(jnp.where(const_mask, flat_log_likelihood(traced, x), 0.0))
         )(points[0]))
-        return traced, prior, split, const
+        return split, const
 
-    def _build(self, traced: TracedModel, prior, split: TimeSplit):
-        N = self.num_particles
-        L, K = prior.length, split.lag
-        shape = prior.state_shape
-        size = int(np.prod(shape, dtype=int))
+    def _build(self, traced: TracedModel, split: TimeSplit, smoother: str, num_samples: int):
+        """The jitted ``run(key) -> (draws, ess, resampled, log_evidence, first_bad,
+        filter_mean, distinct_paths)``."""
+        s, prior = self.settings, traced.prior
+        N, L = s.num_particles, prior.length
+        size = int(np.prod(prior.state_shape, dtype=int))
         n_el = int(split.first.shape[0])
-        chunk = max(1, min(N, self.settings["chunk_elements"] // max(1, L * size + n_el)))
-        index, mask, has_obs = (jnp.asarray(a) for a in (split.index, split.mask, split.has_obs))
-        resample = _RESAMPLERS[self.settings["resampling"]]
-        thr = self.settings["ess_threshold"] * N
-        always = self.settings["ess_threshold"] >= 1.0
-        reg = self.settings["regularization"]
-        bandwidth = reg * N ** (-1.0 / (size + 4))
-
-        def step_loglik(t, windows):
-            idx, msk = index[t], mask[t]
-
-            def one(w):
-                ll = flat_log_likelihood(traced, surrogate_trajectory(w, t, L))
-                return jnp.sum(jnp.where(msk, ll[idx], 0.0))
-
-            return jax.lax.map(one, windows, batch_size=chunk)
-
-        def weigh(t, windows, lw):
-            ll = jax.lax.cond(
-                has_obs[t], lambda: step_loglik(t, windows), lambda: jnp.zeros_like(lw)
-            )
-            bad = jnp.any(jnp.isnan(ll) | (ll == jnp.inf))
-            tot = lw + ll
-            inc = logsumexp(tot)
-            bad = bad | ~jnp.isfinite(inc)
-            lw_new = tot - inc
-            ess = 1.0 / jnp.sum(jnp.exp(2.0 * lw_new))
-            return lw_new, inc, ess, bad
-
-        def jitter(key, x, lw, parents):
-            flat = x.reshape(N, size)
-            w = jnp.exp(lw)
-            mu = w @ flat
-            A = (flat - mu) * jnp.sqrt(w)[:, None] / jnp.sqrt(jnp.maximum(1.0 - w @ w, 1e-12))
-            C = A.T @ A + 1e-12 * jnp.eye(size, dtype=flat.dtype)
-            chol = jnp.linalg.cholesky(C)
-            counts = jnp.zeros(N, jnp.int32).at[parents].add(1)
-            dup = counts[parents] > 1
-            z = jax.random.normal(key, (N, size), flat.dtype) @ chol.T
-            new = flat[parents] + bandwidth * jnp.where(dup[:, None], z, 0.0)
-            return new.reshape(x.shape)
-
-        def run_filter(key):
-            k0, key = jax.random.split(key)
-            x0 = prior.initial.sample(k0, (N,))
-            win0 = jnp.repeat(x0[:, None], K, axis=1)
-            lw0 = jnp.full((N,), -jnp.log(N), x0.dtype)
-            lw0, inc0, ess0, bad0 = weigh(0, win0, lw0)
-
-            def body(carry, inp):
-                x, win, lw, logz, first_bad = carry
-                t, k = inp
-                kr, kj, kp = jax.random.split(k, 3)
-                ess_prev = 1.0 / jnp.sum(jnp.exp(2.0 * lw))
-                do = (ess_prev < thr) | always
-                parents = jax.lax.cond(
-                    do, lambda: resample(kr, lw, N), lambda: jnp.arange(N)
-                )
-                if reg > 0:
-                    xp = jax.lax.cond(do, lambda: jitter(kj, x, lw, parents), lambda: x[parents])
-                else:
-                    xp = x[parents]
-                lw = jnp.where(do, -jnp.log(N).astype(lw.dtype), lw)
-                xn = _sample_transition(prior, jax.random.split(kp, N), xp)
-                win = jnp.concatenate([win[parents, 1:], xn[:, None]], axis=1)
-                lw, inc, ess, bad = weigh(t, win, lw)
-                first_bad = jnp.where((first_bad < 0) & bad, t, first_bad)
-                out = (xn, parents.astype(jnp.int32), lw, ess, do)
-                return (xn, win, lw, logz + inc, first_bad), out
-
-            init = (x0, win0, lw0, inc0, jnp.where(bad0, 0, -1))
-            ts = jnp.arange(1, L)
-            carry, (xs, anc, lws, ess, did) = jax.lax.scan(
-                body, init, (ts, jax.random.split(key, L - 1))
-            )
-            xs = jnp.concatenate([x0[None], xs])
-            anc = jnp.concatenate([jnp.arange(N, dtype=jnp.int32)[None], anc])
-            lws = jnp.concatenate([lw0[None], lws])
-            ess = jnp.concatenate([ess0[None], ess])
-            did = jnp.concatenate([jnp.zeros((1,), bool), did])
-            return xs, anc, lws, ess, did, carry[3], carry[4]
-
-        M = self.num_samples
-
-        def ancestral(key, xs, anc, lws):
-            idx = resample_multinomial(key, lws[-1], M)
-
-            def back(i, inp):
-                x_t, a_t = inp
-                return a_t[i], x_t[i]
-
-            _, traj = jax.lax.scan(back, idx, (xs, anc), reverse=True)
-            return jnp.moveaxis(traj, 0, 1)
-
-        def ffbsi(key, xs, lws):
-            kL, key = jax.random.split(key)
-            idx = resample_multinomial(kL, lws[-1], M)
-            x_last = xs[-1][idx]
-
-            def back(x_next, inp):
-                x_t, lw_t, k = inp
-
-                def logw_one(xn):
-                    return lw_t + jax.vmap(lambda xi: prior.transition(xi).log_prob(xn))(x_t)
-
-                def pick(kk, xn):
-                    return x_t[jax.random.categorical(kk, logw_one(xn))]
-
-                x_new = jax.lax.map(
-                    lambda a: pick(*a), (jax.random.split(k, M), x_next),
-                    batch_size=max(1, min(M, 2**22 // N)),
-                )
-                return x_new, x_new
-
-            keys = jax.random.split(key, L - 1)
-            _, traj = jax.lax.scan(back, x_last, (xs[:-1], lws[:-1], keys), reverse=True)
-            traj = jnp.concatenate([traj, x_last[None]])
-            return jnp.moveaxis(traj, 0, 1)
-
-        smoother = self.settings["smoother"]
+        chunk = max(1, min(N, s.chunk_elements // max(1, L * size + n_el)))
+        weigh = step_log_likelihood(traced, split, chunk)
+        bandwidth = s.regularization * N ** (-1.0 / (size + 4))
 
         @jax.jit
         def run(key):
             kf, ks = jax.random.split(key)
-            xs, anc, lws, ess, did, logz, first_bad = run_filter(kf)
+            filt = bootstrap_filter(
+                kf, prior, weigh, num_particles=N, lag=split.lag,
+                resample=_RESAMPLERS[s.resampling], ess_threshold=s.ess_threshold,
+                bandwidth=bandwidth,
+            )
             if smoother == "ancestral":
-                traj = ancestral(ks, xs, anc, lws)
+                traj, distinct = ancestral_paths(ks, filt, num_samples)
             else:
-                traj = ffbsi(ks, xs, lws)
-            w = jnp.exp(lws)
-            filter_mean = jnp.einsum("ln,ln...->l...", w, xs)
-            return traj, ess, did, logz, first_bad, filter_mean
+                traj, distinct = ffbsi_paths(ks, prior, filt, num_samples)
+            filter_mean = jnp.einsum("ln,ln...->l...", jnp.exp(filt.log_weights), filt.xs)
+            return (traj, filt.ess, filt.resampled, filt.log_evidence, filt.first_bad,
+                    filter_mean, distinct)
 
         return run
 
-    # ------------------------------------------------------------------ public
-    def run(self, rng_key: Array, *model_args: Any, **model_kwargs: Any) -> ParticleSmoother:
-        kp, kr, kpp = jax.random.split(rng_key, 3)
-        traced, prior, split, const = self._prepare(kp, model_args, model_kwargs)
-        self.traced, self.split = traced, split
-        run = self._build(traced, prior, split)
-        t0 = time.perf_counter()
+    # ------------------------------------------------------------------ driver hooks
+    def _prepare(self, traced: TracedModel, rng_key: Array, num_samples: int) -> _Prepared:
+        kp, kr = jax.random.split(rng_key)
+        split, const = self._time_split(traced, kp)
+        smoother = self.settings.choose_smoother(num_samples, traced.prior.length, split.lag)
+        run = self._build(traced, split, smoother, num_samples)
         compiled = run.lower(kr).compile()
-        self.compile_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(kr))
-        self.wall_time = time.perf_counter() - t0
-        traj, ess, did, logz, first_bad, filter_mean = out
-        if int(first_bad) >= 0:
+        self.split, self.smoother_used = split, smoother
+        return _Prepared(compiled, traced, split, const, smoother, traced.prior.length)
+
+    def _draw(self, state: _Prepared, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
+        traj, ess, did, logz, first_bad, filter_mean, distinct = state.compiled(rng_key)
+        samples = {state.traced.prior_name: traj}
+        stats = {
+            "ess": ess, "resampled": did, "log_evidence": logz + state.const,
+            "filter_mean": filter_mean, "distinct_paths": distinct,
+            "log_weight": jnp.zeros(traj.shape[0], traj.dtype), "first_bad": first_bad,
+        }
+        return samples, stats
+
+    def _finish(self, state: _Prepared, samples: dict, stats: dict) -> None:
+        first_bad = int(stats.pop("first_bad"))
+        if first_bad >= 0:
             raise ValueError(
-                f"non-finite particle log-weights at time {int(first_bad)}: the observation "
+                f"non-finite particle log-weights at time {first_bad}: the observation "
                 "log-likelihood is NaN/+inf for some particle, or -inf for all of them (check "
                 "the observation model, its noise scale and the observed values)"
             )
-        self.prior_site = traced.prior_name
-        self.observations = dict(traced.observed)
-        self._samples = {traced.prior_name: traj}
-        self.sample_stats = {
-            "ess": ess, "resampled": did, "log_evidence": logz + const,
-            "filter_mean": filter_mean, "log_weight": jnp.zeros(traj.shape[0], traj.dtype),
-        }
-        self.posterior_predictive = posterior_predictive(traced, kpp, traj)
-        N, L = self.num_particles, prior.length
-        self.num_model_evals = N * L + (
-            self.num_samples * N * (L - 1) if self.settings["smoother"] == "ffbsi" else 0
-        )
-        floor = max(self.settings["ess_warning"] * N, 2.0)
+        N, ess = self.settings.num_particles, stats["ess"]
+        floor = max(self.settings.ess_warning * N, 2.0)
         if float(jnp.min(ess)) < floor:
             warnings.warn(
                 f"particle degeneracy: the effective sample size fell to {float(jnp.min(ess)):.3g}"
                 f" of {N} particles (first at time {int(jnp.argmax(ess < floor))}); the ESS "
                 "trace is in sample_stats['ess']. Use more particles, or a less informative "
                 "likelihood / more model noise",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning, stacklevel=3,
             )
-        return self
+        distinct = np.asarray(stats["distinct_paths"])
+        M = int(samples[state.traced.prior_name].shape[0])
+        if M > 1 and distinct.min() < self.settings.path_warning * M:
+            t = int(distinct.argmin())
+            advice = (
+                "use smoother='ffbsi' (backward simulation, cost num_samples x num_particles "
+                "transition densities per step), more particles, or fewer draws"
+                if state.smoother == "ancestral" else
+                "use more particles (the filter's weights are degenerate)"
+            )
+            warnings.warn(
+                f"path degeneracy: the {M} draws pass through only {int(distinct.min())} "
+                f"distinct particles at time {t} (smoother={state.smoother!r}), so they are far "
+                f"from {M} independent posterior draws; the counts per time are in "
+                f"sample_stats['distinct_paths']. {advice[0].upper()}{advice[1:]}",
+                RuntimeWarning, stacklevel=3,
+            )
+
+    def _num_model_evals(self, state: _Prepared, num_samples: int) -> int:
+        N, L = self.settings.num_particles, state.length
+        return N * L + (num_samples * N * (L - 1) if state.smoother == "ffbsi" else 0)
+
+    def _posterior_predictive(self, traced: TracedModel, rng_key: Array, samples: dict) -> dict:
+        return posterior_predictive(traced, rng_key, samples[traced.prior_name])

@@ -46,16 +46,37 @@ from numpyro_sda.infer import SDA  # noqa: E402
 from numpyro_sda.prior import TrajectoryPrior  # noqa: E402
 
 CONFIGS = {
-    # name: (pretrained prior, SDA settings)
+    # name: (pretrained prior, SDA settings); "default" is SDA()'s own defaults
     "default": ("lorenz63_window9", dict()),
-    "paper": ("lorenz63", dict(steps=256, corrections=1, guidance=SDAGuidance(gamma=3e-2))),
-    "sda-w5-c0-64": ("lorenz63", dict(steps=64, corrections=0, guidance=SDAGuidance())),
-    "mmps-w5-c0-64": ("lorenz63", dict(steps=64, corrections=0, guidance=MMPS())),
-    "mmps-w5-c1-64": ("lorenz63", dict(steps=64, corrections=1, guidance=MMPS())),
-    "mmps-w9-c0-64": ("lorenz63_window9", dict(steps=64, corrections=0, guidance=MMPS())),
-    "mmps-w9-c1-64": ("lorenz63_window9", dict(steps=64, corrections=1, guidance=MMPS())),
-    "mmps-w9-c2-64": ("lorenz63_window9", dict(steps=64, corrections=2, guidance=MMPS())),
-    "sda-w9-c1-64": ("lorenz63_window9", dict(steps=64, corrections=1, guidance=SDAGuidance())),
+    "paper": ("lorenz63", dict(steps=256, corrections=1, eta=0.0,
+                               guidance=SDAGuidance(gamma=3e-2))),
+    # the ablation of issue 9 (closing note), one lever at a time
+    "w5-sda-c1-64": ("lorenz63", dict(steps=64, corrections=1, eta=0.0,
+                                      guidance=SDAGuidance(gamma=3e-2))),
+    "w5-mmps-dense-c0-64": ("lorenz63", dict(steps=64, corrections=0, eta=0.0,
+                                             guidance=MMPS(solver="dense"))),
+    "w9-sda-c4-32": ("lorenz63_window9", dict(steps=32, corrections=4, eta=0.0,
+                                              guidance=SDAGuidance(gamma=3e-2))),
+    "w9-mmps-c4-32": ("lorenz63_window9", dict(steps=32, corrections=4, eta=0.0,
+                                               guidance=MMPS())),
+    "w9-mmps-dense-c2-64": ("lorenz63_window9", dict(steps=64, corrections=2, eta=0.0,
+                                                     guidance=MMPS(solver="dense"))),
+    "w9-sda-c4-32-eta1": ("lorenz63_window9", dict(steps=32, corrections=4, eta=1.0,
+                                                   guidance=SDAGuidance(gamma=3e-2))),
+    "w9-sda-c8-16-eta1": ("lorenz63_window9", dict(steps=16, corrections=8, eta=1.0,
+                                                   guidance=SDAGuidance(gamma=3e-2))),
+    "w9-sda-c4-32-eta1-g0.1": ("lorenz63_window9", dict(steps=32, corrections=4, eta=1.0,
+                                                        guidance=SDAGuidance(gamma=0.1))),
+    "w9-sda-c4-32-eta1-g0.01": ("lorenz63_window9", dict(steps=32, corrections=4, eta=1.0,
+                                                         guidance=SDAGuidance(gamma=0.01))),
+    "w9-sda-c4-32-eta1-g0.003": ("lorenz63_window9", dict(steps=32, corrections=4, eta=1.0,
+                                                          guidance=SDAGuidance(gamma=0.003))),
+    "w9-sda-c8-32-eta1": ("lorenz63_window9", dict(steps=32, corrections=8, eta=1.0,
+                                                   guidance=SDAGuidance(gamma=3e-2))),
+    "w9-sda-c8-32-eta1-g0.01": ("lorenz63_window9", dict(steps=32, corrections=8, eta=1.0,
+                                                         guidance=SDAGuidance(gamma=0.01))),
+    "w9-sda-c16-32-eta1-g0.01": ("lorenz63_window9", dict(steps=32, corrections=16, eta=1.0,
+                                                          guidance=SDAGuidance(gamma=0.01))),
 }
 
 

@@ -266,29 +266,35 @@ class SDA(InferenceMethod):
             predictive=bool(predictive), sparse_guidance=bool(sparse_guidance),
             gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates, mesh=mesh,
         )
-        super().__init__(model, **{f.name: getattr(settings, f.name)
-                                   for f in dataclasses.fields(settings)})
-        self.config = settings
+        super().__init__(model, settings)
+        self.config = settings  # alias of self.settings
         self.observed_states: np.ndarray | None = None  # set by run(): states y depends on
-        self.traced: TracedModel | None = None
         self.interrupted = False
         self._cache: dict = {}
 
     # ------------------------------------------------------------------------------------
     def trace(self, *model_args: Any, **model_kwargs: Any) -> TracedModel:
         """Trace the model (no sampling) and check that SDA supports it."""
+        traced = self._trace(model_args, model_kwargs)
+        self._check_model(traced)
+        return traced
+
+    # ------------------------------------------------------------------ driver hooks
+    def _trace(self, model_args: tuple, model_kwargs: dict) -> TracedModel:
         from numpyro_sda.tracing import default_prior_types
 
         model = handlers.substitute(self.model,
                                     substitute_fn=placeholder_prior(default_prior_types()))
         try:
-            traced = trace_model(model, model_args, model_kwargs)
+            return trace_model(model, model_args, model_kwargs)
         except (ValueError, TypeError) as err:
             shapes = {k: tuple(jnp.shape(v)) for k, v in model_kwargs.items()
                       if hasattr(v, "shape")}
             raise type(err)(
                 f"{err}\n(while tracing the model with keyword-array shapes {shapes})"
             ) from err
+
+    def _check_model(self, traced: TracedModel) -> None:
         if not isinstance(traced.prior, TrajectoryPrior):
             raise ValueError(
                 f"SDA needs a TrajectoryPrior at the trajectory site {traced.prior_name!r}, got "
@@ -302,7 +308,6 @@ class SDA(InferenceMethod):
                 "SDA for the trajectory, slice sampling for continuous sites), or fix them, e.g. "
                 f"numpyro.handlers.condition(model, data={{{traced.latent[0]!r}: value}})"
             )
-        return traced
 
     def _mesh(self) -> Mesh | None:
         m = self.config.mesh
@@ -423,54 +428,44 @@ class SDA(InferenceMethod):
         self._cache = {key: built}  # keep only the latest
         return built
 
-    def run(
-        self, rng_key: Array, *model_args: Any, num_samples: int = 1024, **model_kwargs: Any
-    ) -> SDA:
-        """Draw ``num_samples`` posterior trajectories of ``model(*model_args, **model_kwargs)``.
-
-        Returns ``self``; the draws are in :meth:`get_samples` under the model's site names.
-        Ctrl-C stops within one diffusion step: the finished chunks are kept (with a warning)
-        when there are any, otherwise ``KeyboardInterrupt`` propagates.
-        """
-        num_samples = _as_int(num_samples, "num_samples", 1)
-        rng_key = _as_key(rng_key)
-        traced = self.trace(*model_args, **model_kwargs)
-        self.traced = traced
-        self.model_args, self.model_kwargs = tuple(model_args), dict(model_kwargs)
+    def _prepare(self, traced: TracedModel, rng_key: Array, num_samples: int) -> dict:
         s = self.config
         mesh = self._mesh()
         chunk = min(s.chunk_size, num_samples)
         if mesh is not None:  # a multiple of the number of devices (padding draws are dropped)
             chunk = parallel.padded_size(chunk, mesh)
-        arguments = _Arguments(model_args, model_kwargs)
+        arguments = _Arguments(traced.args, traced.kwargs)
         built = self._build(traced, arguments, chunk)
-        self.compile_time = built["compile_time"]
         self.observed_states = built["grad_states"]
-        prior: TrajectoryPrior = traced.prior
-
-        key_sample, key_pred = jax.random.split(rng_key)
-        num_chunks = math.ceil(num_samples / chunk)
-        keys = jax.random.split(key_sample, num_chunks * chunk).reshape(num_chunks, chunk)
-        times = np.asarray(diffusion_times(s.steps))
         dyn = arguments.dynamic
         if mesh is not None:
             dyn = jax.device_put(dyn, parallel.replicated(mesh))
+        return dict(built=built, chunk=chunk, mesh=mesh, dyn=dyn, traced=traced)
+
+    def _draw(self, state: dict, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
+        """Chunks of draws, one compiled reverse step at a time (progress, Ctrl-C)."""
+        s = self.config
+        built, chunk, mesh, dyn, traced = (state[k] for k in ("built", "chunk", "mesh", "dyn",
+                                                              "traced"))
+        prior: TrajectoryPrior = traced.prior
+        num_chunks = math.ceil(num_samples / chunk)
+        keys = jax.random.split(rng_key, num_chunks * chunk).reshape(num_chunks, chunk)
+        times = np.asarray(diffusion_times(s.steps))
         box = self.box(prior)
+        draws = None if mesh is None else parallel.draws_sharding(mesh)
         bar = None
         if s.progress:
             from tqdm.auto import tqdm
 
             total = num_chunks * (1 if traced.latent else s.steps)
-            bar = tqdm(total=total, desc="SDA", unit="step" if not traced.latent else "chunk",
+            bar = tqdm(total=total, desc="SDA", unit="chunk" if traced.latent else "step",
                        leave=False)
         xs_all, par_all, diag_all = [], [], []
         self.interrupted = False
-        t0 = time.perf_counter()
         try:
             for c in range(num_chunks):
                 if traced.latent:
-                    kc = keys[c] if mesh is None else jax.device_put(
-                        keys[c], parallel.draws_sharding(mesh))
+                    kc = keys[c] if draws is None else jax.device_put(keys[c], draws)
                     xs, params = built["chains"](kc, dyn)
                     parallel.block_interruptibly(xs)
                     if bar is not None:
@@ -479,9 +474,8 @@ class SDA(InferenceMethod):
                     draw_keys = jax.vmap(lambda k: jax.random.split(k, s.steps + 1))(keys[c])
                     xs = jax.vmap(lambda k: jax.random.normal(k, prior.event_shape))(
                         draw_keys[:, 0])
-                    if mesh is not None:
-                        xs = jax.device_put(xs, parallel.draws_sharding(mesh))
-                        draw_keys = jax.device_put(draw_keys, parallel.draws_sharding(mesh))
+                    if draws is not None:
+                        xs, draw_keys = jax.device_put((xs, draw_keys), draws)
                     for i in range(s.steps):
                         xs = built["step"](xs, times[i], times[i + 1], draw_keys[:, i + 1], dyn)
                         parallel.block_interruptibly(xs)  # Ctrl-C is seen within one step
@@ -498,31 +492,35 @@ class SDA(InferenceMethod):
                 raise
             self.interrupted = True
             warnings.warn(
-                f"SDA interrupted: keeping the {len(xs_all) * chunk} draws of the "
-                f"{len(xs_all)} finished chunks of {num_chunks}", RuntimeWarning, stacklevel=2)
+                f"SDA interrupted: keeping the {min(num_samples, len(xs_all) * chunk)} draws of "
+                f"the {len(xs_all)} finished chunks of {num_chunks}", RuntimeWarning,
+                stacklevel=3)
         finally:
             if bar is not None:
                 bar.close()
         n = min(num_samples, len(xs_all) * chunk)
         xs = jnp.concatenate(xs_all)[:n]
-        xs.block_until_ready()
-        self.wall_time = time.perf_counter() - t0
         params = {k: jnp.concatenate([p[k] for p in par_all])[:n] for k in par_all[0]}
         ll, chi2, out = (jnp.concatenate([d[i] for d in diag_all])[:n] for i in range(3))
-
-        self.prior_site = traced.prior_name
-        self.observations = traced.public_observations
-        self._samples = {traced.prior_name: xs, **params}
         diverging = ~jnp.all(jnp.isfinite(xs.reshape(n, -1)), axis=1)
-        self.sample_stats = {"log_likelihood": ll, "diverging": diverging,
-                             "out_of_range": out, "chi2": chi2}
-        self._warn(n, diverging, out, chi2)
-        sweeps = max(s.gibbs_sweeps, 1) if traced.latent else 1
-        self.num_model_evals = n * s.steps * (1 + s.corrections) * sweeps
-        self.posterior_predictive = (
-            traced.posterior_predictive(key_pred, xs, params or None) if s.predictive else {}
-        )
-        return self
+        stats = {"log_likelihood": ll, "diverging": diverging, "out_of_range": out,
+                 "chi2": chi2}
+        return {traced.prior_name: xs, **params}, stats
+
+    def _finish(self, state: dict, samples: dict, sample_stats: dict) -> None:
+        n = int(sample_stats["diverging"].shape[0])
+        self._warn(n, sample_stats["diverging"], sample_stats["out_of_range"],
+                   sample_stats["chi2"])
+
+    def _num_model_evals(self, state: dict, num_samples: int) -> int:
+        s = self.config
+        sweeps = max(s.gibbs_sweeps, 1) if state["traced"].latent else 1
+        return num_samples * s.steps * (1 + s.corrections) * sweeps
+
+    def _posterior_predictive(self, traced: TracedModel, rng_key: Array, samples: dict) -> dict:
+        if not self.config.predictive:
+            return {}
+        return super()._posterior_predictive(traced, rng_key, samples)
 
     def _warn(self, n: int, diverging: Array, out: Array, chi2: Array) -> None:
         if bool(jnp.any(diverging)):
@@ -543,21 +541,6 @@ class SDA(InferenceMethod):
                 "The likelihood is too sharp for the sampler (e.g. a tiny observation noise) or "
                 "the observations lie outside what the prior can produce; increase steps, use "
                 "MMPS guidance, or check the observation model", RuntimeWarning, stacklevel=3)
-
-
-def _as_key(rng_key: Any) -> Array:
-    """A typed PRNG key from a new-style or a raw ``uint32[2]`` key; clear error otherwise."""
-    try:
-        key = jnp.asarray(rng_key)
-    except TypeError:
-        key = None
-    if key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-        return key
-    if key is not None and key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(
-        f"rng_key must be a JAX PRNG key such as jax.random.key(0) or jax.random.PRNGKey(0), got "
-        f"{rng_key!r}")
 
 
 def _slice_coordinate(key: Array, u: Array, i: Array, logp, width: float = 1.0,

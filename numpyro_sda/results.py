@@ -263,7 +263,7 @@ class InferenceMethod:
         params = {k: v for k, v in samples.items() if k in traced.latent} or None
         deterministic = traced.deterministic_values(samples[site], params)
         self.prior_site = site
-        self.observations = dict(traced.observed)
+        self.observations = traced.public_observations
         self._samples = {**samples, **deterministic}
         self.sample_stats = stats
         self.compile_time, self.wall_time = compile_time, wall_time

@@ -166,9 +166,14 @@ class TracedModel:
         ``params`` maps other latent sites to arrays with the same leading axis.
         """
 
+        # numpyro's obs_mask adds a deterministic site "<name>" joining the observed and imputed
+        # parts of a site: that is the observation, not a user's deterministic quantity
+        split = {self.public_name(n) for n in self.observed} - set(self.observed)
+
         def one(x, p):
-            tr = self._trace_given(x, p)
-            return {n: s["value"] for n, s in tr.items() if s["type"] == "deterministic"}
+            tr = self.trace_given(x, p)
+            return {n: s["value"] for n, s in tr.items()
+                    if s["type"] == "deterministic" and n not in split}
 
         if not jax.eval_shape(one, xs[0], None if not params else
                               {k: v[0] for k, v in params.items()}):

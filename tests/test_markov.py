@@ -96,7 +96,9 @@ def test_trace_model_finds_sites_and_builds_likelihood():
     assert grad[2, 0] == 0 and grad[4, 0] != 0
     xs = prior.sample(jax.random.PRNGKey(1), (7,))
     pp = traced.posterior_predictive(jax.random.PRNGKey(2), xs)
-    assert pp["y_observed"].shape == (7, 3) and pp["z"].shape == (7,)
+    # the obs_mask site is returned under the user's name, as numpyro's Predictive does
+    assert pp["y"].shape == (7, 3) and pp["z"].shape == (7,)
+    assert set(traced.public_observations) == {"y", "z"}
 
 
 def test_trace_model_errors_name_the_problem():

@@ -64,7 +64,7 @@ from numpyro_sda.tracing import TracedModel, trace_model
 
 __all__ = ["SDA", "SDASettings", "DEFAULT_GUIDANCE"]
 
-DEFAULT_GUIDANCE = SDAGuidance()
+DEFAULT_GUIDANCE = SDAGuidance(gamma=0.01)
 """The default guidance: measured best per unit of cost on the learned Lorenz-63 priors once
 corrections are used (``benchmarks/sampling.py``; MMPS is the exact choice for Gaussian priors)."""
 
@@ -83,7 +83,7 @@ class SDASettings:
     """The settings of :class:`SDA` (see its docstring)."""
 
     steps: int = 32
-    corrections: int = 4
+    corrections: int = 8
     tau: float = 0.25
     eta: float = 1.0
     guidance: Guidance = DEFAULT_GUIDANCE

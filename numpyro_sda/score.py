@@ -367,6 +367,14 @@ class LocalScore(nnx.Module):
             raise ValueError("normalization (mean, std) must be finite with std > 0")
         self._normalization = json.dumps([mean.tolist(), std.tolist()])
 
+    def __repr__(self) -> str:
+        c = self.config
+        arch = (f"hidden={c.get('hidden')}, depth={c.get('depth')}" if self.kind == "mlp" else
+                f"hidden_channels={c.get('hidden_channels')}, blocks={c.get('blocks')}")
+        return (f"LocalScore({self.kind}, window={self.window}, state_shape={self.state_shape}, "
+                f"{arch}, params={self.num_params():,}, precision={c.get('precision', 'fp32')}, "
+                f"sde={self.sde})")
+
     @property
     def data_range(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-channel ``(lower, upper)`` of the training data (in the units the network was

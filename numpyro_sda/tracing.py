@@ -200,6 +200,18 @@ def trace_model(
     sites = _sample_sites(tr)
     prior_sites = [n for n, s in sites.items() if isinstance(s["fn"], prior_types)]
     type_names = " or ".join(t.__name__ for t in prior_types)
+    for n, site in sites.items():  # a prior inside a plate is wrapped by numpyro: say so
+        base = site["fn"]
+        while isinstance(base, (dist.ExpandedDistribution, dist.Independent,
+                                dist.MaskedDistribution)):
+            base = base.base_dist
+        if n not in prior_sites and isinstance(base, prior_types):
+            raise ValueError(
+                f"the trajectory site {n!r} is inside a plate (or expanded/masked): its "
+                f"distribution has batch shape {tuple(site['fn'].batch_shape)}, but a "
+                f"{type(base).__name__} describes ONE whole trajectory; take it out of the plate "
+                "and ask the method for several draws (run(..., num_samples=N))"
+            )
     if not prior_sites:
         raise ValueError(
             f"the model has no trajectory site: expected one numpyro.sample site whose "

@@ -148,3 +148,19 @@ def test_random_observation_models_work_or_fail_clearly(prior, every, channels, 
     out = sda.run(jax.random.key(0), prior, **kwargs, num_samples=2)
     assert set(out.observations) == {"y"}
     assert bool(jnp.all(jnp.isfinite(out.get_samples()["x"])))
+
+
+def test_a_prior_inside_a_plate_gets_a_clear_error(prior):
+    def model(prior, y=None):
+        with numpyro.plate("members", 2):
+            x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x[..., 0, :1], 0.1), obs=y)
+
+    with pytest.raises(ValueError, match="'x' is inside a plate.*num_samples"):
+        trace_model(model, (prior,), {"y": jnp.zeros((2, 1))})
+
+
+def test_local_score_repr_is_one_line():
+    score = LocalScore.mlp(D, window=3, hidden=16, depth=1)
+    text = repr(score)
+    assert "\n" not in text and "window=3" in text and "params=" in text and len(text) < 300

@@ -83,7 +83,7 @@ class SDASettings:
     """The settings of :class:`SDA` (see its docstring)."""
 
     steps: int = 32
-    corrections: int = 8
+    corrections: int = 16
     tau: float = 0.25
     eta: float = 1.0
     guidance: Guidance = DEFAULT_GUIDANCE
@@ -448,6 +448,8 @@ class SDA(InferenceMethod):
         built, chunk, mesh, dyn, traced = (state[k] for k in ("built", "chunk", "mesh", "dyn",
                                                               "traced"))
         prior: TrajectoryPrior = traced.prior
+        if not jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):  # raw uint32 key
+            rng_key = jax.random.wrap_key_data(rng_key)
         num_chunks = math.ceil(num_samples / chunk)
         keys = jax.random.split(rng_key, num_chunks * chunk).reshape(num_chunks, chunk)
         times = np.asarray(diffusion_times(s.steps))

@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> dict:
                 res_me["methods"] = {"SDA": res["methods"]["SDA"], **res_me["methods"]}
                 tables.setdefault(f"{name}, model error", []).append(ks_table(scn, res_me))
             print(tables[name][-1].round(4).to_string(), flush=True)
+            if args.json:  # per-set rows so far (an interrupted run keeps what finished)
+                rows = [dict(label=label, set=j, method=m, **t.loc[m].to_dict())
+                        for label, ts in tables.items() for j, t in enumerate(ts)
+                        for m in t.index]
+                with open(args.json + ".sets.json", "w") as f:
+                    json.dump(rows, f, indent=1)
     medians = {}
     for label, ts in tables.items():
         med = pd.concat(ts).groupby(level=0, sort=False).median()

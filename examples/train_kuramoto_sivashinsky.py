@@ -7,24 +7,23 @@ once to ``--data`` (HDF5, atomic, :func:`numpyro_sda.data.generate`) and reused 
 
 Network: ``LocalScore.unet(1, window=5, spatial=1, hidden_channels=..., blocks=..., size=64)``
 (circular convolutions, SiLU, 64 time-embedding features). Optimiser: AdamW (lr 2e-3, weight
-decay 1e-3), batch 64, linear decay to zero, gradient clipping at norm 1, EMA 0.999 of the
-weights.
+decay 1e-3), batch 64, linear decay to zero, gradient clipping at norm 1, no EMA (see below).
 
 The number of optimiser steps is fitted to a wall-time budget: a short warm-up run measures the
 throughput, then ``steps = throughput * remaining budget`` (``--steps`` overrides). Checkpoints
 (weights, optimiser state, EMA, step) are written atomically to ``--checkpoint`` every
 ``--checkpoint-every`` steps; ``--resume`` continues an interrupted run with the step count
-stored in the checkpoint (bit-identical to an uninterrupted run). The output file holds the EMA
-weights, the training settings and the final validation loss in its header.
+stored in the checkpoint (bit-identical to an uninterrupted run). The output file holds the
+weights, the training settings and the final validation loss in its header; a run stopped by the
+time limit is saved too and says so (``stop_reason``, ``planned_steps``).
 
-    python examples/train_kuramoto_sivashinsky.py --budget 1800 \\
+    python examples/train_kuramoto_sivashinsky.py --budget 1800 --steps 2000 --blocks 1 1 1 \\
         --data ks.h5 --checkpoint ks.ckpt.npz --output numpyro_sda/pretrained/ks_unet_window5.npz
 
 The same network can be trained from the command line on the same dataset::
 
     numpyro-sda generate kuramoto_sivashinsky ks.h5 --trajectories 256 --length 256 --burn-in 400
-    numpyro-sda train ks.h5 ks.npz --arch unet --channels 16 32 64 --blocks 2 2 2 --steps 4000 \\
-        --lr 2e-3 --ema 0.999
+    numpyro-sda train ks.h5 ks.npz --arch unet --channels 16 32 64 --blocks 1 1 1 --steps 2000 --lr 2e-3
 """
 
 from __future__ import annotations
@@ -89,7 +88,10 @@ def main() -> None:
     print(f"data: train {train.shape}, valid {valid.shape} "
           f"({time.perf_counter() - t_start:.1f} s)", flush=True)
 
-    ema = 0.999
+    # no EMA: with the ~1500 steps that 30 minutes allow on a shared CPU, an EMA of 0.999 still
+    # carries the early weights (measured: validation loss 0.114 against 0.029 for the raw
+    # weights, and its unconditional samples diverged)
+    ema = None
     steps = args.steps
     if args.resume and ckpt_path.exists():
         steps = int(load_checkpoint(ckpt_path).training["steps"])

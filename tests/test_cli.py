@@ -129,6 +129,7 @@ def test_demo_reports_the_particle_count_it_used(tmp_path, capsys):
     assert (tmp_path / "comparison.md").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_demo_ks_quick(tmp_path, capsys):
     from numpyro_sda import pretrained
 
@@ -143,6 +144,7 @@ def test_demo_ks_quick(tmp_path, capsys):
     assert (tmp_path / "ks_posteriors.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_demo_kolmogorov_quick_with_a_given_prior(tmp_path, capsys):
     from numpyro_sda.checkpoint import save_score
     from numpyro_sda.score import LocalScore

@@ -6,8 +6,9 @@ operator ``tanh(2x)``, scenario ``saturating`` (:mod:`numpyro_sda.scenarios`). O
 per scenario; SDA runs it with ``TrajectoryPrior(pretrained.load("ks"), 65)`` and its default
 settings, the baselines with ``FlatKuramotoSivashinsky().markov_prior(65, model_error=0.05)``
 (the true dynamics plus Gaussian model noise of std 0.05 in physical units; the localised
-square-root EnKS with 64 members, Gaspari–Cohn half-width 8 grid points, inflation 1.05, tuned by
-``--tune``; weak 4D-Var from the EnKS mean; the bootstrap particle smoother).
+square-root EnKS with 64 members, Gaspari–Cohn half-width 8 grid points, inflation 1.05 (a fixed
+choice; ``--tune`` scans it on held-out sets); weak 4D-Var from the EnKS mean; the bootstrap
+particle smoother).
 
 ``--model-error`` repeats the baselines with an imperfect model: the KS equation with its
 second-order (anti-diffusion) coefficient perturbed from 1 to 1.1; SDA's prior was learned from

@@ -50,3 +50,161 @@ def test_demo_rejects_unknown_scenario(tmp_path):
 
     with pytest.raises(ValueError, match="unknown scenario 'mid'"):
         run_demo(scenario="mid", out=tmp_path, verbose=False)
+
+
+# ---------------------------------------------------------------------------- issue 12 / 11
+def _all_actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for a in _all_actions(sub):
+                    yield f"{name} {a[0]}", a[1]
+        else:
+            yield "/".join(action.option_strings) or action.dest, action
+
+
+def test_every_option_has_help_text():
+    from numpyro_sda.cli import build_parser
+
+    missing = [name for name, a in _all_actions(build_parser())
+               if not (a.help and a.help.strip())]
+    assert missing == []
+
+
+def test_cli_errors_are_one_line_unless_debug(tmp_path, capsys):
+    ckpt = tmp_path / "model.npz"
+    assert main(["train", str(tmp_path / "missing.h5"), str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0
+    assert err.startswith("numpyro-sda: error:") and "missing.h5" in err
+    assert "Traceback" not in err
+    from numpyro_sda.cli import CLIError
+
+    with pytest.raises(CLIError, match="missing.h5"):
+        main(["--debug", "train", str(tmp_path / "missing.h5"), str(ckpt)])
+
+
+def test_train_refuses_to_overwrite_a_checkpoint(tmp_path, capsys):
+    ckpt = tmp_path / "trained.npz"
+    ckpt.write_bytes(b"a trained model")
+    ds = tmp_path / "data.h5"
+    ds.write_bytes(b"")
+    assert main(["train", str(ds), str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert "exists" in err and "--resume" in err
+    assert ckpt.read_bytes() == b"a trained model"
+
+
+def test_generate_ks_then_train_builds_a_unet_and_resumes(tmp_path, capsys):
+    from numpyro_sda.checkpoint import load_checkpoint
+
+    ds, ckpt = tmp_path / "ks.h5", tmp_path / "ks.npz"
+    assert main(["generate", "kuramoto_sivashinsky", str(ds), "--trajectories", "10",
+                 "--length", "12", "--burn-in", "4"]) == 0
+    # issue 12 item 11: the default architecture follows the dataset's state shape (1, 64)
+    assert main(["train", str(ds), str(ckpt), "--steps", "20", "--channels", "8", "16",
+                 "--blocks", "1", "1", "--batch-size", "4", "--no-progress"]) == 0
+    ck = load_checkpoint(ckpt)
+    assert ck.score.kind == "unet" and ck.score.config["hidden_channels"] == [8, 16]
+    assert ck.step == 20
+    out = capsys.readouterr().out
+    assert "unet local score on states (1, 64)" in out and "validation loss" in out
+    # --arch mlp on fields is refused with a clear message
+    assert main(["train", str(ds), str(tmp_path / "m.npz"), "--arch", "mlp"]) == 1
+    assert "--arch unet" in capsys.readouterr().err
+    # resuming the finished run with the same settings keeps its step
+    assert main(["train", str(ds), str(ckpt), "--steps", "20", "--channels", "8", "16",
+                 "--blocks", "1", "1", "--batch-size", "4", "--no-progress", "--resume"]) == 0
+    assert load_checkpoint(ckpt).step == 20
+
+
+def test_demo_reports_the_particle_count_it_used(tmp_path, capsys):
+    assert main(["demo", "--quick", "--particles", "512", "--samples", "8", "--steps", "8",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "512 particles" in out and "512-particle" in out
+    assert "16384" not in out
+    assert (tmp_path / "comparison.md").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_demo_ks_quick(tmp_path, capsys):
+    from numpyro_sda import pretrained
+
+    if "ks" not in pretrained.available():
+        pytest.skip("no shipped KS prior")
+    assert main(["demo", "--system", "ks", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "256 particles" in out
+    table = (tmp_path / "comparison.md").read_text()
+    for name in ("SDA", "EnKS", "4D-Var", "BPF"):
+        assert name in table
+    assert (tmp_path / "ks_posteriors.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_demo_kolmogorov_quick_with_a_given_prior(tmp_path, capsys):
+    from numpyro_sda.checkpoint import save_score
+    from numpyro_sda.score import LocalScore
+
+    # an untrained tiny prior: this checks the pipeline (scenario, SDA, EnKS, figures, GIF),
+    # not the quality of the draws
+    score = LocalScore.unet(1, window=3, spatial=2, hidden_channels=(4, 8), blocks=(1, 1),
+                            size=64, rngs=0)
+    path = tmp_path / "tiny.npz"
+    save_score(path, score)
+    assert main(["demo", "--system", "kolmogorov", "--quick", "--prior", str(path),
+                 "--out", str(tmp_path / "out")]) == 0
+    for name in ("comparison.md", "sda_fields.png", "enks_fields.png", "vorticity.gif",
+                 "sda.nc"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    # without a prior file, a clear one-line error (no Kolmogorov prior is shipped)
+    from numpyro_sda import pretrained
+
+    if "kolmogorov" not in pretrained.available():
+        assert main(["demo", "--system", "kolmogorov", "--quick", "--out",
+                     str(tmp_path / "o2")]) == 1
+        assert "--prior" in capsys.readouterr().err
+
+
+def test_assimilate_hdf5_netcdf_and_toml(tmp_path, capsys):
+    import h5py
+    import jax
+    import xarray as xr
+
+    from numpyro_sda.demo import lorenz63_scenario
+
+    _, truth, y, every, noise = lorenz63_scenario(jax.random.PRNGKey(3), "lo")
+    y = np.asarray(y)
+    with h5py.File(tmp_path / "obs.h5", "w") as f:
+        f["y"] = y
+    xr.Dataset({"obs": (("time", "component"), y)}).to_netcdf(tmp_path / "obs.nc")
+    (tmp_path / "cfg.toml").write_text(
+        f'length = 65\nevery = {every}\nselect = ":1"\nnoise = {noise}\nsamples = 8\n')
+    (tmp_path / "cfg.json").write_text(
+        f'{{"variable": "obs", "length": 65, "every": {every}, "select": ":1", '
+        f'"noise": {noise}, "samples": 8}}')
+    for obs, cfg in (("obs.h5", "cfg.toml"), ("obs.nc", "cfg.json")):
+        out = tmp_path / f"out-{obs}"
+        assert main(["assimilate", "pretrained:lorenz63", str(tmp_path / obs),
+                     str(tmp_path / cfg), "--steps", "64", "--out", str(out)]) == 0, \
+            capsys.readouterr().err
+        idata = xr.open_dataset(out / "sda.nc", group="posterior")
+        xs = idata["x"].values.reshape(8, 65, 3)
+        fitted = xs.mean(0)[::every, 0]
+        assert np.sqrt(np.mean((fitted - y[:, 0]) ** 2)) < 0.5
+        assert (out / "posterior.png").stat().st_size > 0
+        post = np.load(out / "posterior.npz")
+        assert post["mean"].shape == (65, 3)
+    # an operator whose output does not match the observations' shape is named
+    (tmp_path / "bad.json").write_text('{"length": 65, "every": 4, "select": ":1"}')
+    assert main(["assimilate", "pretrained:lorenz63", str(tmp_path / "obs.h5"),
+                 str(tmp_path / "bad.json"), "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "shape (9, 1)" in err and "(17, 1)" in err
+    (tmp_path / "unk.json").write_text('{"length": 65, "operater": "tanh"}')
+    assert main(["assimilate", "pretrained:lorenz63", str(tmp_path / "obs.h5"),
+                 str(tmp_path / "unk.json")]) == 1
+    assert "operater" in capsys.readouterr().err

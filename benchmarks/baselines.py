@@ -82,8 +82,8 @@ def l96_memory(particles: int, length: int = 1000) -> None:
     y = clean + 0.5 * jax.random.normal(jax.random.key(1), clean.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        pf = ParticleSmoother(model, num_particles=particles, num_samples=256)
-        pf.run(jax.random.key(2), prior, y=y)
+        pf = ParticleSmoother(model, num_particles=particles)
+        pf.run(jax.random.key(2), prior, y=y, num_samples=256)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     est = (length * particles * (32 * 4 + 4 + 4)) / 2**30
     print(f"\nLorenz-96 (32 vars), {particles} particles x {length} steps: run {pf.wall_time:.1f} s, "
@@ -120,8 +120,8 @@ def main() -> None:
             for r in range(2):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    pf = ParticleSmoother(model, num_particles=args.particles, num_samples=1024)
-                    pf.run(jax.random.key(1000 + 2 * c + r), prior_pf, y=y)
+                    pf = ParticleSmoother(model, num_particles=args.particles)
+                    pf.run(jax.random.key(1000 + 2 * c + r), prior_pf, y=y, num_samples=1024)
                 runs.append(pf)
             gt = [system.denormalize(p.get_samples()["x"]) for p in runs]
             floor = w1(gt[0], gt[1])

@@ -95,8 +95,9 @@ def case(scenario: str, index: int, num_draws: int = 1024, particles: int = 1638
     mp = system.markov_prior(LENGTH, spinup=64)
     draws = []
     for k in (k_pf1, k_pf2):
-        pf = ParticleSmoother(model, num_particles=particles, num_samples=num_draws)
-        draws.append(np.asarray(system.denormalize(pf.run(k, mp, y=y).get_samples()["x"])))
+        pf = ParticleSmoother(model, num_particles=particles)
+        draws.append(np.asarray(system.denormalize(
+            pf.run(k, mp, y=y, num_samples=num_draws).get_samples()["x"])))
     floor = w1(draws[0], draws[1])
     gt_spread = float(metrics.spread(draws[0]))
     _save_atomic(path, x_true=np.asarray(x_true), y=np.asarray(y), gt=draws[0], floor=floor,

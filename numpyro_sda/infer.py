@@ -94,6 +94,7 @@ class SDASettings:
     sparse_guidance: bool = True
     gibbs_sweeps: int = 0
     slice_updates: int = 1
+    gibbs_draws: int = 1
     mesh: Any = None
 
     def __post_init__(self) -> None:
@@ -102,6 +103,10 @@ class SDASettings:
         object.__setattr__(self, "chunk_size", _as_int(self.chunk_size, "chunk_size", 1))
         object.__setattr__(self, "gibbs_sweeps", _as_int(self.gibbs_sweeps, "gibbs_sweeps", 0))
         object.__setattr__(self, "slice_updates", _as_int(self.slice_updates, "slice_updates", 1))
+        object.__setattr__(self, "gibbs_draws", _as_int(self.gibbs_draws, "gibbs_draws", 1))
+        if self.gibbs_sweeps and self.gibbs_draws > self.gibbs_sweeps:
+            raise ValueError(f"gibbs_draws ({self.gibbs_draws}) cannot exceed gibbs_sweeps "
+                             f"({self.gibbs_sweeps})")
         check_sampler_settings(self.steps, self.corrections, self.tau)
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
@@ -214,6 +219,9 @@ class SDA(InferenceMethod):
         gibbs_sweeps: Gibbs sweeps used to infer latent sites other than the trajectory (see
             the module docstring); 0 refuses such models.
         slice_updates: slice-sampling passes over those sites per sweep.
+        gibbs_draws: the last ``gibbs_draws`` sweeps of each Gibbs chain are kept as draws, so
+            ``num_samples / gibbs_draws`` chains run and are exported as that many chains
+            (``num_chains``; ArviZ's ``r_hat`` and ESS then measure the Gibbs mixing).
         mesh: the devices the draws are sharded over: ``None`` (all visible devices, see
             :func:`numpyro_sda.parallel.draws_mesh`), a :class:`jax.sharding.Mesh` with a
             ``"draws"`` axis, or ``False`` (no sharding). Results equal a single-device run
@@ -251,6 +259,7 @@ class SDA(InferenceMethod):
         gibbs_sweeps: int = 0,
         slice_updates: int = 1,
         sparse_guidance: bool = True,
+        gibbs_draws: int = 1,
         mesh: Mesh | None | bool = None,
         *,
         gamma: float | None = None,
@@ -264,7 +273,8 @@ class SDA(InferenceMethod):
             guidance=guidance,
             bounds=bounds, chunk_size=chunk_size, progress=bool(progress),
             predictive=bool(predictive), sparse_guidance=bool(sparse_guidance),
-            gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates, mesh=mesh,
+            gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates, gibbs_draws=gibbs_draws,
+            mesh=mesh,
         )
         super().__init__(model, settings)
         self.config = settings  # alias of self.settings
@@ -396,7 +406,8 @@ class SDA(InferenceMethod):
             return jax.vmap(lambda x: one(x, None))(xs)
 
         t0 = time.perf_counter()
-        xs0 = jax.ShapeDtypeStruct((chunk, *shape), jnp.float32)
+        keep = s.gibbs_draws if traced.latent else 1
+        xs0 = jax.ShapeDtypeStruct((chunk * keep, *shape), jnp.float32)
         keys0 = jax.random.split(jax.random.key(0), chunk)
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
         dyn0 = arguments.dynamic
@@ -407,14 +418,16 @@ class SDA(InferenceMethod):
         if traced.latent:
             gibbs = _Gibbs(traced, obs0, s, self, grad_states)
 
-            def chains(keys, dynamic):
+            def chains(keys, dynamic):  # (chains * keep) draws, chain-major
                 _, obs = observation_model(dynamic)
-                return jax.vmap(lambda k: gibbs.chain(k, obs))(keys)
+                xs, params = jax.vmap(lambda k: gibbs.chain(k, obs))(keys)
+                flat = lambda a: a.reshape((-1, *a.shape[2:]))  # noqa: E731
+                return flat(xs), jax.tree_util.tree_map(flat, params)
 
             built["chains"] = jax.jit(chains, in_shardings=(ds, rep),
                                       out_shardings=ds).lower(keys0, dyn0).compile()
             params0 = jax.eval_shape(lambda k: gibbs.chain(k[0], obs0)[1], keys0)
-            params0 = {k: jax.ShapeDtypeStruct((chunk, *v.shape), v.dtype)
+            params0 = {k: jax.ShapeDtypeStruct((chunk * keep, *v.shape[1:]), v.dtype)
                        for k, v in params0.items()}
         else:
             built["step"] = jax.jit(
@@ -428,10 +441,26 @@ class SDA(InferenceMethod):
         self._cache = {key: built}  # keep only the latest
         return built
 
+    def run(self, rng_key: Array, *model_args: Any, num_samples: int | None = None,
+            **model_kwargs: Any) -> SDA:
+        """Draw ``num_samples`` posterior trajectories (see :class:`InferenceMethod.run`).
+
+        Ctrl-C stops within one diffusion step: the finished chunks are kept (with a warning)
+        when there are any, otherwise ``KeyboardInterrupt`` propagates.
+        """
+        self.num_chains = 1  # set by _prepare (Gibbs chains); reset before the driver's checks
+        return super().run(rng_key, *model_args, num_samples=num_samples, **model_kwargs)
+
     def _prepare(self, traced: TracedModel, rng_key: Array, num_samples: int) -> dict:
         s = self.config
         mesh = self._mesh()
-        chunk = min(s.chunk_size, num_samples)
+        keep = s.gibbs_draws if traced.latent else 1
+        if num_samples % keep:
+            raise ValueError(f"num_samples ({num_samples}) must be a multiple of gibbs_draws "
+                             f"({keep}): each Gibbs chain contributes its last {keep} sweeps")
+        self.num_chains = num_samples // keep if keep > 1 else 1
+        units = num_samples // keep  # draws, or Gibbs chains
+        chunk = min(s.chunk_size, units)
         if mesh is not None:  # a multiple of the number of devices (padding draws are dropped)
             chunk = parallel.padded_size(chunk, mesh)
         arguments = _Arguments(traced.args, traced.kwargs)
@@ -440,7 +469,7 @@ class SDA(InferenceMethod):
         dyn = arguments.dynamic
         if mesh is not None:
             dyn = jax.device_put(dyn, parallel.replicated(mesh))
-        return dict(built=built, chunk=chunk, mesh=mesh, dyn=dyn, traced=traced)
+        return dict(built=built, chunk=chunk, mesh=mesh, dyn=dyn, traced=traced, keep=keep)
 
     def _draw(self, state: dict, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
         """Chunks of draws, one compiled reverse step at a time (progress, Ctrl-C)."""
@@ -450,7 +479,8 @@ class SDA(InferenceMethod):
         prior: TrajectoryPrior = traced.prior
         if not jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):  # raw uint32 key
             rng_key = jax.random.wrap_key_data(rng_key)
-        num_chunks = math.ceil(num_samples / chunk)
+        keep = state["keep"]
+        num_chunks = math.ceil(num_samples // keep / chunk)
         keys = jax.random.split(rng_key, num_chunks * chunk).reshape(num_chunks, chunk)
         times = np.asarray(diffusion_times(s.steps))
         box = self.box(prior)
@@ -494,13 +524,14 @@ class SDA(InferenceMethod):
                 raise
             self.interrupted = True
             warnings.warn(
-                f"SDA interrupted: keeping the {min(num_samples, len(xs_all) * chunk)} draws of "
+                f"SDA interrupted: keeping the {min(num_samples, len(xs_all) * chunk * keep)} "
+                f"draws of "
                 f"the {len(xs_all)} finished chunks of {num_chunks}", RuntimeWarning,
                 stacklevel=3)
         finally:
             if bar is not None:
                 bar.close()
-        n = min(num_samples, len(xs_all) * chunk)
+        n = min(num_samples, len(xs_all) * chunk * keep)
         xs = jnp.concatenate(xs_all)[:n]
         params = {k: jnp.concatenate([p[k] for p in par_all])[:n] for k in par_all[0]}
         ll, chi2, out = (jnp.concatenate([d[i] for d in diag_all])[:n] for i in range(3))
@@ -645,9 +676,10 @@ class _Gibbs:
                 return u, None
 
             u, _ = jax.lax.scan(update, u, jax.random.split(ku, s.slice_updates))
-            return (x, u), None
+            return (x, u), (x, u)
 
         x0 = jnp.zeros(prior.event_shape, jnp.float32)
-        (x, u), _ = jax.lax.scan(sweep, (x0, self.init),
-                                 jax.random.split(key, s.gibbs_sweeps))
-        return x, self.constrain(u)[0]
+        _, (xs, us) = jax.lax.scan(sweep, (x0, self.init),
+                                   jax.random.split(key, s.gibbs_sweeps))
+        keep = s.gibbs_draws
+        return xs[-keep:], jax.vmap(lambda u: self.constrain(u)[0])(us[-keep:])

@@ -453,3 +453,31 @@ def test_gibbs_infers_unknown_noise_scale(lg):
           f"sd {s_sd:.3f}")
     assert abs(got.mean() - s_mean) < 4 * s_sd / np.sqrt(n) + 0.1 * s_sd
     assert abs(got.std() / s_sd - 1) < 0.25
+
+
+def test_gibbs_keeps_several_sweeps_per_chain_and_exports_chains(lg):
+    """gibbs_draws=3: each chain contributes its last 3 sweeps; 6 draws = 2 chains, exported as
+    2 chains so that r_hat is defined (issue 12, item 18)."""
+    from numpyro_sda.arviz_export import to_inference_data
+
+    def model(prior, y=None):
+        x = numpyro.sample("x", prior)
+        s = numpyro.sample("s", dist.HalfNormal(0.5))
+        numpyro.sample("y", dist.Normal(x[:, 0], s), obs=y)
+
+    y = jnp.asarray(np.asarray(lg["xtrue"])[:, 0], jnp.float32)
+    out = SDA(model, steps=8, corrections=0, gibbs_sweeps=6, gibbs_draws=3,
+              progress=False).run(jax.random.key(1), lg["prior"], y=y, num_samples=6)
+    assert out.num_chains == 2
+    samples = out.get_samples()
+    assert samples["x"].shape == (6, L, D) and samples["s"].shape == (6,)
+    # consecutive sweeps of one chain differ (the chain moves)
+    assert not np.allclose(np.asarray(samples["x"][0]), np.asarray(samples["x"][1]))
+    idata = to_inference_data(out)
+    post = idata["posterior"]
+    assert post["s"].shape[:2] == (2, 3)
+    with pytest.raises(ValueError, match="multiple of gibbs_draws"):
+        SDA(model, steps=8, gibbs_sweeps=6, gibbs_draws=3, progress=False).run(
+            jax.random.key(1), lg["prior"], y=y, num_samples=4)
+    with pytest.raises(ValueError, match="gibbs_draws"):
+        SDA(model, gibbs_sweeps=2, gibbs_draws=3)

@@ -108,6 +108,8 @@ def _json_safe(obj: Any, depth: int = 0) -> Any:
         if arr.size <= 16:
             return _json_safe(arr.tolist(), depth + 1)
         return f"array(shape={arr.shape}, dtype={arr.dtype})"
+    if hasattr(obj, "describe") and callable(obj.describe):  # guidance objects
+        return obj.describe()
     if callable(obj):
         return getattr(obj, "__qualname__", None) or type(obj).__name__
     return repr(obj)

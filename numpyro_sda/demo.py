@@ -156,7 +156,10 @@ def run_demo(
     idata = to_inference_data(results["SDA"])
     idata.to_netcdf(str(out / "sda.nc"))
     (out / "settings.json").write_text(json.dumps(
-        {"scenario": scenario, "num_samples": num_samples, "sda": sda.settings,
+        {"scenario": scenario, "num_samples": num_samples,
+         "sda": {k: (v.describe() if hasattr(v, "describe") else v if isinstance(
+             v, int | float | str | bool | type(None)) else repr(v))
+             for k, v in sda.settings_dict().items()},
          "num_particles": num_particles,
          "seed": seed, "observations": np.asarray(y).ravel().tolist(),
          "truth": np.asarray(truth).tolist()}, indent=1))

@@ -123,6 +123,12 @@ class SDASettings:
             if not np.all(lo < hi):
                 raise ValueError("bounds: every lower bound must be below its upper bound")
 
+    def __getitem__(self, name: str) -> Any:
+        """``settings["steps"]``: read access by name, as the former settings dict allowed."""
+        if name not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(name)
+        return getattr(self, name)
+
 
 def _legacy_guidance(guidance: Any, gamma, zeta, cg_maxiter, cg_tol) -> Any:
     """Map the old per-method keywords onto a guidance object (deprecated)."""

@@ -447,6 +447,18 @@ class SDA(InferenceMethod):
         self._cache = {key: built}  # keep only the latest
         return built
 
+    def settings_dict(self) -> dict[str, Any]:
+        """The settings as plain values (the guidance by its description, a mesh by its axes)."""
+        out = super().settings_dict()
+        out["guidance"] = self.config.guidance.describe()
+        mesh = out["mesh"]
+        if isinstance(mesh, Mesh):
+            out["mesh"] = f"Mesh({dict(mesh.shape)})"
+        bounds = out["bounds"]
+        if not (bounds is None or isinstance(bounds, str)):
+            out["bounds"] = [np.asarray(b, np.float64).tolist() for b in bounds]
+        return out
+
     def run(self, rng_key: Array, *model_args: Any, num_samples: int | None = None,
             **model_kwargs: Any) -> SDA:
         """Draw ``num_samples`` posterior trajectories (see :class:`InferenceMethod.run`).

@@ -119,11 +119,11 @@ def run_demo(
     log(f"SDA ({sda.settings['guidance']}, {sda.settings['steps']} steps, "
         f"C={sda.settings['corrections']}): {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    results["BPF"] = ParticleSmoother(model, num_particles=num_particles,
-                                      num_samples=num_samples).run(keys[2], spun_up, y=y)
-    reference = ParticleSmoother(model, num_particles=num_particles,
-                                 num_samples=num_samples).run(keys[3], spun_up, y=y)
-    log(f"bootstrap particle smoother x2 ({results['BPF'].num_particles} particles): "
+    results["BPF"] = ParticleSmoother(model, num_particles=num_particles).run(
+        keys[2], spun_up, y=y, num_samples=num_samples)
+    reference = ParticleSmoother(model, num_particles=num_particles).run(
+        keys[3], spun_up, y=y, num_samples=num_samples)
+    log(f"bootstrap particle smoother x2 ({results['BPF'].settings.num_particles} particles): "
         f"{time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     results["EnKS"] = EnKS(model, ensemble_size=num_samples).run(keys[4], markov, y=y)
@@ -136,7 +136,7 @@ def run_demo(
 
     table = compare(results, truth=truth, reference=reference, system=system,
                     model_args=(markov,), model_kwargs={"y": y}, prior=markov)
-    log(f"\nComparison (physical units; W1 to an independent {reference.num_particles}-particle "
+    log(f"\nComparison (physical units; W1 to an independent {reference.settings.num_particles}-particle "
         "ground-truth run):")
     log(table.to_string())
     (out / "comparison.md").write_text(to_markdown(table) + "\n")
@@ -257,12 +257,11 @@ def ks_methods(
         draws.pop("EnKS", None)
     if "BPF" in methods:
         t0 = time.perf_counter()
-        runs["BPF"] = ParticleSmoother(model, num_particles=num_particles,
-                                       num_samples=min(num_samples, num_particles)).run(
-            keys[3], spun_up, y=y)
+        runs["BPF"] = ParticleSmoother(model, num_particles=num_particles).run(
+            keys[3], spun_up, y=y, num_samples=min(num_samples, num_particles))
         draws["BPF"] = np.asarray(runs["BPF"].get_samples()["x"]).reshape(-1, *shape)
         ess = np.asarray(runs["BPF"].sample_stats["ess"])
-        log(f"  bootstrap particle smoother ({runs['BPF'].num_particles} particles): "
+        log(f"  bootstrap particle smoother ({runs['BPF'].settings.num_particles} particles): "
             f"{time.perf_counter() - t0:.1f} s, min ESS {ess.min():.3g}")
     return {"draws": draws, "methods": runs, "ess": ess}
 

@@ -61,6 +61,7 @@ def check_vmap() -> dict:
         ref = jax.jit(jax.vmap(one, in_axes=(0, None)))(keys, w)
         got = sharded_vmap(one, in_axes=(0, None))(keys, w)
         out[f"diff_{n}"] = _maxdiff(got, ref)
+        out[f"scale_{n}"] = max(float(jnp.max(jnp.abs(v))) for v in jax.tree_util.tree_leaves(ref))
         out[f"shape_{n}"] = list(got["x"].shape)
     # a user mesh: two devices, another axis name
     mesh = draws_mesh(jax.devices()[:2], axis="batch")

@@ -58,7 +58,10 @@ def test_sharded_vmap_equals_single_device(quick):
     r = quick["vmap"]
     for n in (7, 1, 8):  # 7 and 1 need padding to a multiple of 4; results trimmed back
         assert r[f"shape_{n}"] == [n, 16]
-        assert r[f"diff_{n}"] <= 1e-6, r
+        # float32 tolerance relative to the values (the sum of 16 terms reaches |s| ~ 10, where
+        # one float32 ulp is ~1e-6; XLA versions may fuse the partitioned sum in another order:
+        # measured 1.7e-6 with jax 0.12, 0 with jax 0.10)
+        assert r[f"diff_{n}"] <= 1e-6 * max(1.0, r[f"scale_{n}"]), r
     assert r["shards_user_mesh"] == 2 and r["diff_user_mesh"] <= 1e-6
 
 

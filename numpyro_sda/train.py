@@ -611,8 +611,14 @@ def _prepare_data(score, train, valid, normalization):
             normalization = (mean, std)  # a normalised TrajectoryDataset records its statistics
     if normalization is not None:
         score.set_normalization(normalization)
-    # the range SDA keeps its guided denoiser in (numpyro_sda.guidance.bounded)
-    score.set_data_range(np.asarray(train_x))
+    # the range SDA keeps its guided denoiser in (numpyro_sda.guidance.bounded); a channel
+    # without spread (constant data) has no range to record
+    try:
+        score.set_data_range(np.asarray(train_x))
+    except ValueError:
+        warnings.warn("train_score: a channel of the training data is constant, so no data range "
+                      "is recorded (SDA's bounds='auto' will not bound the guided denoiser)",
+                      RuntimeWarning, stacklevel=3)
     return train_x, valid_x
 
 

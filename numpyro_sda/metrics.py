@@ -310,16 +310,10 @@ def trace_for_likelihood(model: Callable, model_args: tuple = (),
     """
     from numpyro import handlers
 
+    from numpyro_sda.observation import placeholder_prior
     from numpyro_sda.tracing import default_prior_types, trace_model
 
-    prior_types = default_prior_types()
-
-    def placeholder(msg: dict) -> Array | None:
-        fn = msg.get("fn")
-        if msg.get("type") == "sample" and isinstance(fn, prior_types) and msg.get("value") is None:
-            return jnp.zeros(fn.shape(), jnp.float32)
-        return None
-
+    placeholder = placeholder_prior(default_prior_types())
     return trace_model(handlers.substitute(model, substitute_fn=placeholder), tuple(model_args),
                        dict(model_kwargs or {}))
 

@@ -283,7 +283,6 @@ class SDA(InferenceMethod):
             mesh=mesh,
         )
         super().__init__(model, settings)
-        self.config = settings  # alias of self.settings
         self.observed_states: np.ndarray | None = None  # set by run(): states y depends on
         self.interrupted = False
         self._cache: dict = {}
@@ -446,6 +445,11 @@ class SDA(InferenceMethod):
         built["compile_time"] = time.perf_counter() - t0
         self._cache = {key: built}  # keep only the latest
         return built
+
+    @property
+    def config(self) -> SDASettings:
+        """The typed settings (``self.settings``)."""
+        return self.settings
 
     def settings_dict(self) -> dict[str, Any]:
         """The settings as plain values (the guidance by its description, a mesh by its axes)."""

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol  # noqa: E402
 
 from numpyro_sda import pretrained  # noqa: E402
+from numpyro_sda.checkpoint import load_score  # noqa: E402
 from numpyro_sda.guidance import MMPS, SDAGuidance  # noqa: E402
 from numpyro_sda.infer import SDA  # noqa: E402
 from numpyro_sda.prior import TrajectoryPrior  # noqa: E402
@@ -77,16 +78,33 @@ CONFIGS = {
                                                          guidance=SDAGuidance(gamma=0.01))),
     "w9-sda-c16-32-eta1-g0.01": ("lorenz63_window9", dict(steps=32, corrections=16, eta=1.0,
                                                           guidance=SDAGuidance(gamma=0.01))),
+    # around the default (C=16, 32 steps, eta=1, gamma=0.01), on the 8-set x 1024-draw protocol
+    "w9-c32": ("lorenz63_window9", dict(corrections=32)),
+    "w9-c16-64steps": ("lorenz63_window9", dict(steps=64)),
+    "w9-c16-g0.003": ("lorenz63_window9", dict(guidance=SDAGuidance(gamma=0.003))),
+    "w9-c16-tau0.1": ("lorenz63_window9", dict(tau=0.1)),
+    "w9-mmps-c16": ("lorenz63_window9", dict(guidance=MMPS())),
 }
 
 
-def run_config(name: str, scenario: str, sets: int, draws: int) -> dict:
+def load_prior(name: str):
+    """A shipped prior by name (``pretrained.available()``) or a prior file's path."""
+    return pretrained.load(name) if name in pretrained.available() else load_score(name)
+
+
+def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str | None = None
+               ) -> dict:
+    """One configuration on ``sets`` observation sets; one ``SDA`` serves them all (the
+    observations are dynamic arguments of its compiled steps, so it compiles once).
+    ``prior_name`` replaces the configuration's prior (a shipped name or a file)."""
     score_name, settings = CONFIGS[name]
-    prior = TrajectoryPrior(pretrained.load(score_name), length=protocol.LENGTH)
-    rows = []
+    score_name = prior_name or score_name
+    prior = TrajectoryPrior(load_prior(score_name), length=protocol.LENGTH)
+    rows, sda = [], None
     for i in range(sets):
         case = protocol.case(scenario, i, num_draws=draws)
-        sda = SDA(case.model, progress=False, predictive=False, **settings)
+        if sda is None:
+            sda = SDA(case.model, progress=False, predictive=False, **settings)
         c0 = time.process_time()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
@@ -114,12 +132,14 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--configs", default=None, help=f"comma-separated, from {list(CONFIGS)}")
     parser.add_argument("--scenarios", default="lo,hi")
+    parser.add_argument("--prior", default=None,
+                        help="replace every configuration's prior: a shipped name or a file")
     parser.add_argument("--json", default="out/bench/sampling.json")
     args = parser.parse_args()
     sets = args.sets or (2 if args.quick else 8)
     draws = args.draws or (256 if args.quick else 1024)
     names = (args.configs.split(",") if args.configs
-             else (["default", "sda-w5-c0-64"] if args.quick else ["default", "paper"]))
+             else (["default", "w5-sda-c1-64"] if args.quick else ["default", "paper"]))
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
@@ -132,7 +152,7 @@ def main() -> None:
     results = []
     for name in names:
         for scenario in args.scenarios.split(","):
-            res = run_config(name, scenario, sets, draws)
+            res = run_config(name, scenario, sets, draws, args.prior)
             results.append(res)
             m = res["median"]
             print(f"{name:>15} {scenario:>4} {m['w1']:>6.1f} {m['floor']:>6.1f} "

@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="default: lorenz63_window<W>.npz")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (for --resume)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -53,13 +56,15 @@ def main() -> None:
     print(f"data: train {train.shape}, valid {valid.shape} ({time.perf_counter() - t_start:.1f} s)")
 
     output = args.output or f"lorenz63_window{args.window}.npz"
-    config = dict(window=args.window, hidden=256, depth=5, batch_size=64, lr=1e-3, weight_decay=1e-3)
+    config = dict(window=args.window, hidden=256, depth=5, batch_size=args.batch_size, lr=args.lr,
+                  weight_decay=1e-3, ema=args.ema or None)
     steps = args.steps
     if steps is None:
         # throughput probe on a throw-away model: time chunks 2-3 (after compilation)
         probe = LocalScore.mlp(3, window=args.window, hidden=256, depth=5, rngs=args.seed + 1)
         h = train_score(
-            probe, train, valid, steps=1500, chunk=500, progress=False, valid_size=64
+            probe, train, valid, steps=1500, chunk=500, progress=False, valid_size=64,
+            batch_size=args.batch_size,
         ).history
         rate = 1000 / (h["elapsed"][-1] - h["elapsed"][0])
         remaining = args.budget - (time.perf_counter() - t_start) - 30.0
@@ -72,9 +77,10 @@ def main() -> None:
         train,
         valid,
         steps=steps,
-        batch_size=64,
-        lr=1e-3,
+        batch_size=args.batch_size,
+        lr=args.lr,
         weight_decay=1e-3,
+        ema=args.ema or None,
         schedule="linear",
         chunk=500,
         seed=args.seed,

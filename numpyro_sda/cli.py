@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kernel-size", type=int, default=3, help="UNet convolution kernel size")
     train.add_argument("--context", choices=("none", "forcing"), default="none",
                        help="UNet context channels: 'forcing' adds the Kolmogorov forcing field")
+    train.add_argument("--bf16", action="store_true",
+                       help="bfloat16 matmuls and convolutions (float32 parameters, accumulation "
+                            "and diffusion state); meant for GPUs")
     train.add_argument("--steps", type=int, default=100_000, help="optimiser steps")
     train.add_argument("--batch-size", type=int, default=64, help="windows per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
@@ -144,11 +147,12 @@ def _system(name: str):
 def build_score(arch: str, state_shape: Sequence[int], *, window: int = 5, width: int = 256,
                 depth: int = 5, channels: Sequence[int] = (32, 64, 128),
                 blocks: Sequence[int] | None = None, kernel_size: int = 3, context=None,
-                seed: int = 0):
+                seed: int = 0, precision: str = "fp32"):
     """The local score ``numpyro-sda train`` builds for states of ``state_shape``.
 
     ``arch="auto"`` is ``"mlp"`` for vector states ``(D,)`` and ``"unet"`` for fields
-    ``(C, N)`` or ``(C, H, W)``.
+    ``(C, N)`` or ``(C, H, W)``. ``precision="bf16"`` gives bfloat16 matmuls and convolutions
+    (float32 parameters and accumulation).
     """
     from numpyro_sda.score import LocalScore
 
@@ -161,7 +165,8 @@ def build_score(arch: str, state_shape: Sequence[int], *, window: int = 5, width
                            " use --arch unet")
         if context is not None:
             raise CLIError("--context is for UNet priors")
-        return LocalScore.mlp(shape[0], window=window, hidden=width, depth=depth, rngs=seed)
+        return LocalScore.mlp(shape[0], window=window, hidden=width, depth=depth,
+                              precision=precision, rngs=seed)
     if len(shape) not in (2, 3):
         raise CLIError(f"--arch unet needs field states (C, N) or (C, H, W), the dataset's states "
                        f"are {shape}; use --arch mlp")
@@ -175,7 +180,7 @@ def build_score(arch: str, state_shape: Sequence[int], *, window: int = 5, width
     return LocalScore.unet(shape[0], window=window, spatial=len(shape) - 1,
                            hidden_channels=channels, blocks=blocks, context=context,
                            size=None if context is not None else shape[1:],
-                           kernel_size=kernel_size, rngs=seed)
+                           kernel_size=kernel_size, precision=precision, rngs=seed)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -205,13 +210,15 @@ def _train(args: argparse.Namespace) -> int:
             context = kolmogorov_forcing(shape[-1])
         score = build_score(args.arch, shape, window=args.window, width=args.width,
                             depth=args.depth, channels=args.channels, blocks=args.blocks,
-                            kernel_size=args.kernel_size, context=context, seed=args.seed)
+                            kernel_size=args.kernel_size, context=context, seed=args.seed,
+                            precision="bf16" if args.bf16 else "fp32")
         print(f"{score.kind} local score on states {shape}: {score.num_params()} parameters",
               flush=True)
         result = train_score(score, train_set, valid_set, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, ema=args.ema,
                              seed=args.seed, checkpoint=ckpt, resume=args.resume,
-                             time_limit=args.time_limit, progress=not args.no_progress)
+                             time_limit=args.time_limit, progress=not args.no_progress,
+                             precision="bf16" if args.bf16 else "fp32")
     h = result.history
     loss = f", validation loss {h['valid_loss'][-1]:.4f}" if len(h["valid_loss"]) else ""
     print(f"wrote {ckpt} (step {result.step}, {result.stop_reason}{loss})")

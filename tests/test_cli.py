@@ -118,6 +118,14 @@ def test_generate_ks_then_train_builds_a_unet_and_resumes(tmp_path, capsys):
     assert main(["train", str(ds), str(ckpt), "--steps", "20", "--channels", "8", "16",
                  "--blocks", "1", "1", "--batch-size", "4", "--no-progress", "--resume"]) == 0
     assert load_checkpoint(ckpt).step == 20
+    # --bf16 (issue 11): the network computes in bfloat16 and says so in its saved config
+    bf = tmp_path / "bf16.npz"
+    assert main(["train", str(ds), str(bf), "--steps", "4", "--channels", "8", "16",
+                 "--blocks", "1", "1", "--batch-size", "4", "--no-progress", "--bf16"]) == 0
+    ck = load_checkpoint(bf)
+    assert ck.score.config["precision"] == "bf16" and ck.step == 4
+    out = ck.score.local(np.zeros((2, 5, 1, 64), np.float32), np.array([0.3, 0.7], np.float32))
+    assert out.dtype == np.float32 and np.isfinite(np.asarray(out)).all()
 
 
 def test_demo_reports_the_particle_count_it_used(tmp_path, capsys):

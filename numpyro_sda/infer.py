@@ -111,8 +111,7 @@ class SDASettings:
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         object.__setattr__(self, "guidance", resolve(self.guidance))
-        if not (self.mesh is None or self.mesh is False or isinstance(self.mesh, Mesh)):
-            raise TypeError(f"mesh must be None, False or a jax.sharding.Mesh, got {self.mesh!r}")
+        parallel.check_mesh(self.mesh)
         b = self.bounds
         if not (b is None or (isinstance(b, str) and b == "auto")):
             try:
@@ -325,10 +324,7 @@ class SDA(InferenceMethod):
             )
 
     def _mesh(self) -> Mesh | None:
-        m = self.config.mesh
-        if m is False:
-            return None
-        return parallel.draws_mesh() if m is None else m
+        return parallel.resolve_mesh(self.config.mesh)
 
     def box(self, prior: TrajectoryPrior) -> tuple[Array, Array] | None:
         """The box of the guided denoiser (see ``bounds``), or ``None``."""
@@ -455,9 +451,6 @@ class SDA(InferenceMethod):
         """The settings as plain values (the guidance by its description, a mesh by its axes)."""
         out = super().settings_dict()
         out["guidance"] = self.config.guidance.describe()
-        mesh = out["mesh"]
-        if isinstance(mesh, Mesh):
-            out["mesh"] = f"Mesh({dict(mesh.shape)})"
         bounds = out["bounds"]
         if not (bounds is None or isinstance(bounds, str)):
             out["bounds"] = [np.asarray(b, np.float64).tolist() for b in bounds]

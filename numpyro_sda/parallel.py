@@ -20,6 +20,14 @@ differently). :func:`check_partitionable` raises if the flag was switched off.
 Interacting ensembles (particle filters, EnKF) cannot be vmapped per member; jit them as usual
 and pin the member axis with :func:`constrain_draws` inside the program: GSPMD partitions the
 per-member work and inserts the collectives (means, covariances, resampling gathers) itself.
+:class:`EnsembleSharding` bundles this for the baselines
+(:class:`~numpyro_sda.baselines.ParticleSmoother`, :class:`~numpyro_sda.baselines.EnKF`,
+:class:`~numpyro_sda.baselines.EnKS`): it resolves their ``mesh=`` setting (:func:`resolve_mesh`:
+``None`` = all visible devices, ``False`` = one device, or a user :class:`~jax.sharding.Mesh`
+with a ``"draws"`` axis), splits the member axis over the largest number of devices of that
+axis that divides the ensemble size (:math:`\gcd(N, D)`; a warning says when that is fewer than
+:math:`D`, and one device means the unsharded program), pins arrays inside the program, and
+maps chunked per-member work (``lax.map`` with a batch size) over each device's own members.
 
 Multiple hosts: call :func:`jax.distributed.initialize` on every process before any other JAX
 call (on Slurm/TPU/Kubernetes it reads the coordinator from the environment; otherwise pass
@@ -41,6 +49,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,6 +70,10 @@ __all__ = [
     "shard_draws",
     "gather_draws",
     "constrain_draws",
+    "constrain_replicated",
+    "check_mesh",
+    "resolve_mesh",
+    "EnsembleSharding",
     "sharded_jit",
     "sharded_vmap",
     "check_partitionable",
@@ -166,34 +180,198 @@ def shard_draws(
     return jax.tree_util.tree_map(lambda x: _put(x, sharding), padded), n
 
 
-def gather_draws(tree: Any, n: int) -> Any:
-    """The first ``n`` draws of every leaf (the padding trimmed). On several processes the
-    global arrays are first gathered, so every process gets the full result."""
+def gather_draws(tree: Any, n: int | None) -> Any:
+    """The first ``n`` draws of every leaf (the padding trimmed; ``n=None``: every row, e.g.
+    for replicated results). On several processes the global arrays are first gathered, so
+    every process gets the full result."""
 
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             from jax.experimental import multihost_utils
 
             x = multihost_utils.process_allgather(x, tiled=True)
-        return x[:n]
+        return x if n is None else x[:n]
 
     return jax.tree_util.tree_map(one, tree)
 
 
-def constrain_draws(tree: Any, mesh: Mesh | None = None, *, axis: str = DRAWS) -> Any:
-    """Inside a jitted program: pin the leading axis of every leaf to the draws axis (a
-    :func:`jax.lax.with_sharding_constraint`); leaves whose leading size is not a multiple
-    of the shard count are left to the compiler. Use it on particle/ensemble arrays."""
+def constrain_draws(
+    tree: Any, mesh: Mesh | None = None, *, axis: str = DRAWS, dim: int = 0
+) -> Any:
+    """Inside a jitted program: pin axis ``dim`` (default: the leading one) of every leaf to
+    the draws axis of the mesh (a :func:`jax.lax.with_sharding_constraint`); leaves with fewer
+    dimensions, or whose size along ``dim`` is not a multiple of the shard count, are left to
+    the compiler. Use it on particle/ensemble arrays (``dim=1`` for a stacked ``(L, N, ...)``
+    history)."""
     mesh = _mesh(mesh, axis)
     d = num_shards(mesh, axis=axis)
-    sharding = draws_sharding(mesh, axis=axis)
+    dim = int(dim)
+    if dim < 0:
+        raise ValueError(f"dim must be >= 0, got {dim}")
+    sharding = NamedSharding(mesh, P(*([None] * dim), axis))
 
     def one(x):
-        if d == 1 or np.ndim(x) == 0 or x.shape[0] % d:
+        if d == 1 or np.ndim(x) <= dim or x.shape[dim] % d:
             return x
         return jax.lax.with_sharding_constraint(x, sharding)
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def constrain_replicated(tree: Any, mesh: Mesh | None = None, *, axis: str = DRAWS) -> Any:
+    """Inside a jitted program: a full copy of every leaf on every device of the mesh (GSPMD
+    all-gathers sharded operands). Used for the small ``(N,)`` bookkeeping of an ensemble
+    (weights, resampling indices) so that it is computed from the same values, in the same
+    order, as on one device."""
+    mesh = _mesh(mesh, axis)
+    if num_shards(mesh, axis=axis) == 1:
+        return tree
+    sharding = replicated(mesh, axis=axis)
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def check_mesh(mesh: Any, *, axis: str = DRAWS, name: str = "mesh") -> None:
+    """Validate a ``mesh=`` setting: ``None`` (all visible devices), ``False`` (one device) or
+    a :class:`~jax.sharding.Mesh` with an ``axis`` axis; raise a ``TypeError`` /
+    ``ValueError`` that says which."""
+    if mesh is None or mesh is False:
+        return
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"{name} must be None (shard over all visible devices), False (one device) or a "
+            f"jax.sharding.Mesh with a {axis!r} axis, got {mesh!r}"
+        )
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"{name} has axes {mesh.axis_names}, none named {axis!r}: build it with "
+            f"numpyro_sda.parallel.draws_mesh(devices) or name one of its axes {axis!r}"
+        )
+
+
+def resolve_mesh(mesh: Mesh | None | bool, *, axis: str = DRAWS) -> Mesh | None:
+    """The mesh a ``mesh=`` setting stands for: ``None`` -> :func:`draws_mesh` (all visible
+    devices), ``False`` -> ``None`` (no sharding), a :class:`~jax.sharding.Mesh` -> itself
+    (checked by :func:`check_mesh`)."""
+    check_mesh(mesh, axis=axis)
+    if mesh is False:
+        return None
+    return draws_mesh(axis=axis) if mesh is None else mesh
+
+
+def _sub_mesh(mesh: Mesh, size: int, axis: str) -> Mesh:
+    """The first ``size`` devices along ``axis`` of ``mesh`` (other axes kept)."""
+    k = mesh.axis_names.index(axis)
+    return Mesh(np.take(mesh.devices, np.arange(size), axis=k), mesh.axis_names)
+
+
+class EnsembleSharding:
+    r"""How an interacting ensemble (particles, EnKF members) is laid out over devices.
+
+    Build it with :meth:`for_ensemble` from a ``mesh=`` setting and the ensemble size
+    :math:`N`. With :math:`D` devices along the ``"draws"`` axis, the members are split over
+    :math:`g = \gcd(N, D)` of them (all of them when :math:`D` divides :math:`N`); fewer than
+    :math:`D` is announced by a ``RuntimeWarning``, and :math:`g = 1` gives ``mesh=None``: the
+    methods below are then identities and the program is the single-device one.
+
+    Inside the jitted program, :meth:`split` pins a member axis over the devices, :meth:`whole`
+    replicates (GSPMD all-gathers), :meth:`map` is ``lax.map`` over each device's own members.
+    Outside, :meth:`place` puts the program's inputs (the key) on every device of the mesh and
+    :meth:`fetch` returns globally complete results (gathered across processes).
+    """
+
+    def __init__(self, mesh: Mesh | None = None, *, axis: str = DRAWS) -> None:
+        if mesh is not None:
+            check_mesh(mesh, axis=axis)
+            if num_shards(mesh, axis=axis) == 1:
+                mesh = None
+        self.mesh, self.axis = mesh, axis
+
+    @classmethod
+    def for_ensemble(
+        cls, mesh: Mesh | None | bool, size: int, *, what: str = "members", axis: str = DRAWS,
+        stacklevel: int = 1,
+    ) -> EnsembleSharding:
+        """Resolve a ``mesh=`` setting (see :func:`resolve_mesh`) for an ensemble of ``size``
+        members named ``what`` (for the warning; ``stacklevel`` counts frames as
+        :func:`warnings.warn` does, from the caller: 1 attributes it to the caller)."""
+        size = int(size)
+        if size < 1:
+            raise ValueError(f"the number of {what} must be >= 1, got {size}")
+        full = resolve_mesh(mesh, axis=axis)
+        if full is None:
+            return cls(None, axis=axis)
+        d = num_shards(full, axis=axis)
+        g = math.gcd(size, d)
+        if g < d:
+            warnings.warn(
+                f"{size} {what} are not a multiple of the {d} devices of the mesh's {axis!r} "
+                f"axis: they are split over {g} device{'s' if g > 1 else ''} (choose a "
+                f"multiple of {d} to use them all, or pass mesh=False for one device)",
+                RuntimeWarning, stacklevel=stacklevel + 1,
+            )
+        if g == 1:
+            return cls(None, axis=axis)
+        check_partitionable()
+        return cls(full if g == d else _sub_mesh(full, g, axis), axis=axis)
+
+    @property
+    def shards(self) -> int:
+        """Number of devices the members are split over (1: not sharded)."""
+        return 1 if self.mesh is None else num_shards(self.mesh, axis=self.axis)
+
+    def padded(self, n: int) -> int:
+        """``n`` rounded up to a multiple of :attr:`shards`."""
+        d = self.shards
+        return -(-int(n) // d) * d
+
+    def split(self, tree: Any, dim: int = 0) -> Any:
+        """Pin axis ``dim`` of every leaf over the devices (see :func:`constrain_draws`)."""
+        if self.mesh is None:
+            return tree
+        return constrain_draws(tree, self.mesh, axis=self.axis, dim=dim)
+
+    def whole(self, tree: Any) -> Any:
+        """A full copy of every leaf on every device (see :func:`constrain_replicated`)."""
+        if self.mesh is None:
+            return tree
+        return constrain_replicated(tree, self.mesh, axis=self.axis)
+
+    def map(self, fn: Callable[[Any], Any], xs: Any, batch_size: int) -> Any:
+        """``jax.lax.map(fn, xs, batch_size=batch_size)`` with the leading axis of ``xs``
+        split over the devices: each device maps over its own members in batches of at most
+        ``batch_size`` (a plain ``lax.map`` would scan over the split axis and gather it).
+        The leading size must be a multiple of :attr:`shards`; the result is split."""
+        d = self.shards
+        if d == 1:
+            return jax.lax.map(fn, xs, batch_size=batch_size)
+        n = _leading(xs)
+        if n % d:
+            raise ValueError(f"{n} members cannot be split evenly over {d} devices")
+        per = n // d
+        blocks = self.split(jax.tree_util.tree_map(
+            lambda x: x.reshape(d, per, *x.shape[1:]), xs))
+        out = jax.vmap(lambda b: jax.lax.map(fn, b, batch_size=min(int(batch_size), per)))(
+            blocks)
+        out = self.split(out)
+        return self.split(jax.tree_util.tree_map(lambda y: y.reshape(n, *y.shape[2:]), out))
+
+    def place(self, tree: Any) -> Any:
+        """Outside the program: every leaf replicated on the mesh (a no-op without one)."""
+        if self.mesh is None:
+            return tree
+        rep = replicated(self.mesh, axis=self.axis)
+        return jax.tree_util.tree_map(lambda x: _put(x, rep), tree)
+
+    def fetch(self, tree: Any) -> Any:
+        """Outside the program: the results, gathered across processes when they span
+        several (see :func:`gather_draws`)."""
+        if self.mesh is None:
+            return tree
+        return gather_draws(tree, None)
+
+    def __repr__(self) -> str:
+        devices = "one device" if self.mesh is None else f"Mesh({dict(self.mesh.shape)})"
+        return f"EnsembleSharding({devices})"
 
 
 def _axes(in_axes: int | None | Sequence[int | None], nargs: int) -> tuple[int | None, ...]:

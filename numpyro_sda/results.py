@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.sharding import Mesh
 
 __all__ = [
     "InferenceMethod",
@@ -285,11 +286,15 @@ class InferenceMethod:
         return int(samples[self.prior_site].shape[0])
 
     def settings_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict (for export and display)."""
+        """The settings as a plain dict (for export and display); a device mesh is shown by
+        its axes (``"Mesh({'draws': 4})"``)."""
         if dataclasses.is_dataclass(self.settings):
-            return {f.name: getattr(self.settings, f.name)
-                    for f in dataclasses.fields(self.settings)}
-        return dict(self.settings)
+            out = {f.name: getattr(self.settings, f.name)
+                   for f in dataclasses.fields(self.settings)}
+        else:
+            out = dict(self.settings)
+        return {k: f"Mesh({dict(v.shape)})" if isinstance(v, Mesh) else v
+                for k, v in out.items()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings_dict().items())

@@ -199,6 +199,127 @@ def check_sda_run() -> dict:
             "scale": float(np.max(np.abs(one)))}
 
 
+def _linear_gaussian_problem():
+    """The 16-step, 2-D linear-Gaussian model of tests/test_baselines_linear.py (state 0 of
+    every second step observed with noise 0.3) and its observations."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from numpyro_sda.markov import MarkovPrior
+
+    L, D, sigma = 16, 2, 0.3
+    A = jnp.asarray([[0.9, 0.25], [-0.25, 0.9]], jnp.float32)
+    Q = 0.1 * jnp.eye(D)
+    prior = MarkovPrior(dist.MultivariateNormal(jnp.asarray([1.0, -0.5]), jnp.eye(D)),
+                        lambda x: dist.MultivariateNormal(A @ x, Q), L)
+
+    def model(prior, y=None):
+        x = numpyro.sample("x", prior)
+        numpyro.sample("y", dist.Normal(x[::2, :1], sigma), obs=y)
+
+    x_true = prior.sample(jax.random.key(0))
+    y = x_true[::2, :1] + sigma * jax.random.normal(jax.random.key(1), (L // 2, 1))
+    return model, prior, y, L, D
+
+
+def _run_pair(make, prior, y, num_samples):
+    """The same method and key on one device (mesh=False) and sharded (the factory's mesh);
+    returns both runs and the warnings of the sharded one."""
+    import warnings
+
+    one = make(False).run(jax.random.key(3), prior, y=y, num_samples=num_samples)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sharded = make(None).run(jax.random.key(3), prior, y=y, num_samples=num_samples)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    return one, sharded, messages
+
+
+def _sharding_facts(x) -> dict:
+    return {"spec": str(x.sharding.spec), "devices": len(x.sharding.device_set),
+            "rows_per_device": sorted({int(s.data.shape[0]) for s in x.addressable_shards})}
+
+
+def _hlo_shapes(compiled, *shapes: str) -> dict:
+    text = compiled.as_text()
+    return {s: text.count(s) for s in shapes} | {
+        op: text.count(op) for op in ("all-gather", "all-reduce")}
+
+
+def check_particle() -> dict:
+    """ParticleSmoother sharded == mesh=False, same key: (a) ancestral tracing, 32 particles
+    over the default mesh (4 devices), 12 draws (3 per device); (b) FFBSi, 6 particles over an
+    explicit 4-device mesh (split over gcd(6, 4) = 2 devices, with a warning), 9 draws (padded
+    to 10 and trimmed)."""
+    from numpyro_sda.baselines import ParticleSmoother
+
+    model, prior, y, L, D = _linear_gaussian_problem()
+    out = {}
+    for name, N, smoother, mesh, M in (("ancestral", 32, "ancestral", None, 12),
+                                       ("ffbsi", 6, "ffbsi", draws_mesh(), 9)):
+        one, sharded, warned = _run_pair(
+            lambda m, N=N, smoother=smoother, mesh=mesh: ParticleSmoother(
+                model, N, smoother=smoother, mesh=False if m is False else mesh),
+            prior, y, M)
+        x1, x4 = one.get_samples()["x"], sharded.get_samples()["x"]
+        s1, s4 = one.sample_stats, sharded.sample_stats
+        r = {
+            "shape": list(x4.shape), "scale": float(jnp.max(jnp.abs(x1))),
+            "draws_maxdiff": _maxdiff(x4, x1),
+            "ess_rel": _maxrel(s4["ess"], s1["ess"]),
+            "log_evidence_diff": abs(float(s4["log_evidence"]) - float(s1["log_evidence"])),
+            "filter_mean_maxdiff": _maxdiff(s4["filter_mean"], s1["filter_mean"]),
+            "distinct_equal": bool(np.array_equal(s4["distinct_paths"], s1["distinct_paths"])),
+            "resampled_equal": bool(np.array_equal(s4["resampled"], s1["resampled"])),
+            "resampled_steps": int(np.sum(s1["resampled"])),
+            "shards": sharded.sharding.shards, "single_shards": one.sharding.shards,
+            "warnings": warned, "sharding": _sharding_facts(x4),
+        }
+        # the partitioned program: per-device (L, N/D, D) particle history, never the full one
+        d = sharded.sharding.shards
+        r["per_device_history"], r["full_history"] = (
+            f"f32[{L},{N // d},{D}]", f"f32[{L},{N},{D}]")
+        r["hlo"] = _hlo_shapes(sharded._compiled, r["per_device_history"], r["full_history"])
+        r["single_hlo"] = _hlo_shapes(one._compiled)
+        out[name] = r
+    return out
+
+
+def _enks_case(kw: dict, mesh) -> dict:
+    from numpyro_sda.baselines import EnKS
+
+    model, prior, y, L, D = _linear_gaussian_problem()
+    one, sharded, warned = _run_pair(
+        lambda m: EnKS(model, mesh=False if m is False else mesh, **kw), prior, y, None)
+    x1, x4 = one.get_samples()["x"], sharded.get_samples()["x"]
+    N, d = kw["ensemble_size"], sharded.sharding.shards
+    return {
+        "shape": list(x4.shape), "scale": float(jnp.max(jnp.abs(x1))),
+        "maxdiff": _maxdiff(x4, x1),
+        "std_maxdiff": _maxdiff(sharded.sample_stats["std"], one.sample_stats["std"]),
+        "shards": d, "single_shards": one.sharding.shards, "warnings": warned,
+        "sharding": _sharding_facts(x4),
+        "hlo": _hlo_shapes(sharded._compiled, f"f32[{N // d},{D}]"),
+        "per_device_members": f"f32[{N // d},{D}]",
+    }
+
+
+def check_enks() -> dict:
+    """EnKS sharded == mesh=False, same key: stochastic (perturbed observations drawn inside
+    the program), 16 members over a user 2 x 2 mesh ("draws", "model"): split over "draws",
+    copies along "model"; N < L x size, so the backward pass over stored transforms."""
+    from jax.sharding import Mesh
+
+    mesh2d = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("draws", "model"))
+    return _enks_case(dict(ensemble_size=16), mesh2d)
+
+
+def check_enks_window() -> dict:
+    """EnKS square root with random rotations, 32 members over the default mesh (4 devices);
+    N >= L x size, so each analysis updates the stored window."""
+    return _enks_case(dict(ensemble_size=32, variant="sqrt", rotate=True), None)
+
+
 CHECKS = {k[len("check_"):]: v for k, v in globals().items() if k.startswith("check_")}
 
 if __name__ == "__main__":

@@ -24,6 +24,20 @@ applied after each analysis (as in DAPPER).
 The EnKS (Evensen & van Leeuwen, 2000) applies each analysis transform to every earlier state
 of the window as well: :math:`X^s_t = X^a_t T_{t+1} T_{t+2} \cdots T_{L-1}`, computed by one
 backward scan over the stored transforms.
+
+Several devices (``mesh=``, as for :class:`numpyro_sda.SDA`: ``None`` = every visible device,
+``False`` = one, or a :class:`jax.sharding.Mesh` with a ``"draws"`` axis): the member axis of
+the ensemble (and of the stored ``(L, N, size)`` history or EnKS window) is split over the
+devices of the ``"draws"`` axis inside the one jitted program
+(:class:`numpyro_sda.parallel.EnsembleSharding`): each device runs the forecasts and the
+observation operator of its own :math:`N / D` members and applies the analysis transform to
+them; GSPMD inserts the collectives of the ensemble means, the :math:`M \times M` and
+:math:`N \times N` products (all-reduces over members) and replicates the small factorisations
+(solve, SVD). Random numbers (forecast noise, perturbed observations, rotations) come from
+``jax_threefry_partitionable`` bits, which do not depend on the sharding. When :math:`D` does
+not divide :math:`N`, the members are split over :math:`\gcd(N, D)` devices (with a warning;
+one device when the two are coprime). The result equals the ``mesh=False`` run with the same
+key to float rounding (sums over members are added up per device, then across devices).
 """
 
 from __future__ import annotations
@@ -37,8 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from jax import Array
+from jax.sharding import Mesh
 from numpyro.primitives import Messenger
 
+from numpyro_sda import parallel
 from numpyro_sda.baselines.timesplit import (
     TimeSplit,
     check_baseline_model,
@@ -260,47 +276,55 @@ def _apply_window(W: Array, T: Array) -> Array:
 
 def enkf_filter(key: Array, E0: Array, forecast: Callable[[Array, Array], Array],
                 analysis: Callable[[Array, Array, Array], tuple[Array, Array]],
-                has_obs: Array, *, smooth: bool, window: bool) -> tuple[Array, Array | None]:
+                has_obs: Array, *, smooth: bool, window: bool,
+                members: parallel.EnsembleSharding | None = None) -> tuple[Array, Array | None]:
     """The forecast–analysis loop over ``L = len(has_obs)`` steps (one ``lax.scan``).
 
     ``forecast(key, E) -> E`` and ``analysis(key, E, t) -> (E, T)``. Returns the analysis
     ensembles ``(L, N, size)`` and the stored transforms (for :func:`enks_backward`) or ``None``.
     With ``window`` (EnKS) each analysis is applied at once to every earlier state instead.
+    ``members`` (default: one device) splits the member axis of the ensembles over devices.
     """
+    sh = members if members is not None else parallel.EnsembleSharding()
     L = has_obs.shape[0]
     ka, key = jax.random.split(key)
-    E0, _ = analysis(ka, E0, 0)
-    W0 = jnp.zeros((L, *E0.shape), E0.dtype).at[0].set(E0) if window else None
+    E0, _ = analysis(ka, sh.split(E0), 0)
+    E0 = sh.split(E0)
+    W0 = sh.split(jnp.zeros((L, *E0.shape), E0.dtype).at[0].set(E0), dim=1) if window else None
 
     def body(carry, inp):
         E, W = carry
         t, k = inp
         kf, ka = jax.random.split(k)
-        E, T = analysis(ka, forecast(kf, E), t)
+        E, T = analysis(ka, sh.split(forecast(kf, E)), t)
+        E = sh.split(E)
         if window:
             W = jax.lax.cond(has_obs[t], lambda: _apply_window(W, T), lambda: W)
-            return (E, W.at[t].set(E)), None
+            return (E, sh.split(W.at[t].set(E), dim=1)), None
         return (E, W), (E, T if smooth else None)
 
     (_, W), outs = jax.lax.scan(body, (E0, W0), (jnp.arange(1, L), jax.random.split(key, L - 1)))
     if window:
         return W, None
     Es, Ts = outs
-    return jnp.concatenate([E0[None], Es]), Ts
+    return sh.split(jnp.concatenate([E0[None], Es]), dim=1), Ts
 
 
-def enks_backward(Es: Array, Ts: Array, has_obs: Array) -> Array:
+def enks_backward(Es: Array, Ts: Array, has_obs: Array,
+                  members: parallel.EnsembleSharding | None = None) -> Array:
     r"""Ensemble Kalman smoother pass: :math:`X^s_t = X^a_t T_{t+1} \cdots T_{L-1}`, by one
-    backward scan over the stored transforms ``Ts`` ``(L-1, G, N, N)``."""
+    backward scan over the stored transforms ``Ts`` ``(L-1, G, N, N)`` (the member axis split
+    by ``members``, default one device)."""
+    sh = members if members is not None else parallel.EnsembleSharding()
     ident = jnp.broadcast_to(jnp.eye(Es.shape[1]), Ts.shape[1:])
 
     def back(P, inp):
         E_t, T_next, obs_next = inp  # P_t = T_{t+1} P_{t+1}
         P = jax.lax.cond(obs_next, lambda: jnp.einsum("gij,gjk->gik", T_next, P), lambda: P)
-        return P, apply_transform(E_t, P)
+        return P, sh.split(apply_transform(E_t, P))
 
     _, Ess = jax.lax.scan(back, ident, (Es[:-1], Ts, has_obs[1:]), reverse=True)
-    return jnp.concatenate([Ess, Es[-1:]])
+    return sh.split(jnp.concatenate([Ess, Es[-1:]]), dim=1)
 
 
 # ---------------------------------------------------------------------------------- methods
@@ -313,6 +337,7 @@ class EnsembleSettings:
     inflation: float = 1.0
     localization: float | None = None
     rotate: bool = False
+    mesh: Any = None
 
     def __post_init__(self) -> None:
         f = object.__setattr__
@@ -325,12 +350,14 @@ class EnsembleSettings:
         if not isinstance(self.rotate, bool | np.bool_):
             raise TypeError(f"rotate must be a bool, got {self.rotate!r}")
         f(self, "rotate", bool(self.rotate))
+        parallel.check_mesh(self.mesh)
 
 
 class _Prepared(NamedTuple):
     compiled: Any
     traced: TracedModel
     length: int
+    members: parallel.EnsembleSharding
 
 
 class _EnsembleKalman(InferenceMethod):
@@ -345,13 +372,17 @@ class _EnsembleKalman(InferenceMethod):
         inflation: float = 1.0,
         localization: float | None = None,
         rotate: bool = False,
+        mesh: Mesh | None | bool = None,
         settings: EnsembleSettings | None = None,
     ) -> None:
         if settings is None:
-            settings = EnsembleSettings(ensemble_size, variant, inflation, localization, rotate)
+            settings = EnsembleSettings(ensemble_size, variant, inflation, localization, rotate,
+                                        mesh)
         elif not isinstance(settings, EnsembleSettings):
             raise TypeError(f"settings must be an EnsembleSettings, got {type(settings).__name__}")
         super().__init__(model, settings)
+        self.sharding: parallel.EnsembleSharding | None = None
+        self._compiled: Any = None
 
     def default_num_samples(self, traced: TracedModel) -> int:
         return self.settings.ensemble_size
@@ -359,9 +390,12 @@ class _EnsembleKalman(InferenceMethod):
     def _check_model(self, traced: TracedModel) -> None:
         check_baseline_model(traced, type(self).__name__)
 
-    def _build(self, traced: TracedModel, obs: GaussianObservations):
-        """The jitted ``run(key) -> ensemble (N, L, *state_shape)``."""
+    def _build(self, traced: TracedModel, obs: GaussianObservations,
+               members: parallel.EnsembleSharding | None = None):
+        """The jitted ``run(key) -> ensemble (N, L, *state_shape)``, the member axis split by
+        ``members`` (default: one device)."""
         s, prior = self.settings, traced.prior
+        sh = members if members is not None else parallel.EnsembleSharding()
         N, L, shape = s.ensemble_size, prior.length, prior.state_shape
         size = int(np.prod(shape, dtype=int))
         idx, has_obs = jnp.asarray(obs.split.index), jnp.asarray(obs.split.has_obs)
@@ -384,30 +418,30 @@ class _EnsembleKalman(InferenceMethod):
                 k1, k2 = jax.random.split(key)
                 tapers = (None if obs.positions is None else
                           periodic_tapers(obs.positions[t], size, s.localization))
-                T = analysis_transform(k1, observe(E, t), obs.y[t], obs.r[t], obs.mask[t],
-                                       s.variant, tapers)
+                T = analysis_transform(k1, sh.split(observe(E, t)), obs.y[t], obs.r[t],
+                                       obs.mask[t], s.variant, tapers)
                 if s.rotate:
                     T = jnp.einsum("gij,jk->gik", T, mean_preserving_rotation(k2, N))
-                Ea = apply_transform(E, T)
+                Ea = sh.split(apply_transform(E, T))
                 mu = Ea.mean(0)
-                return mu + s.inflation * (Ea - mu), T  # multiplicative inflation
+                return sh.split(mu + s.inflation * (Ea - mu)), T  # multiplicative inflation
 
             return jax.lax.cond(has_obs[t], do, lambda: (E, ident))
 
         def forecast(key, E):
-            keys = jax.random.split(key, N)
+            keys = sh.split(jax.random.split(key, N))
             E = jax.vmap(lambda kk, x: prior.transition(x.reshape(shape)).sample(kk))(keys, E)
-            return E.reshape(N, size)
+            return sh.split(E.reshape(N, size))
 
         @jax.jit
         def run(key):
             k0, key = jax.random.split(key)
-            E0 = prior.initial.sample(k0, (N,)).reshape(N, size)
+            E0 = sh.split(prior.initial.sample(k0, (N,)).reshape(N, size))
             Es, Ts = enkf_filter(key, E0, forecast, analysis, has_obs, smooth=self.smooth,
-                                 window=window)
+                                 window=window, members=sh)
             if self.smooth and not window:
-                Es = enks_backward(Es, Ts, has_obs)
-            return jnp.moveaxis(Es, 0, 1).reshape(N, L, *shape)
+                Es = enks_backward(Es, Ts, has_obs, sh)
+            return sh.split(jnp.moveaxis(Es, 0, 1).reshape(N, L, *shape))
 
         return run
 
@@ -421,11 +455,16 @@ class _EnsembleKalman(InferenceMethod):
         kp, kr = jax.random.split(rng_key)
         obs = gaussian_observations(white, kp, type(self).__name__,
                                     self.settings.localization is not None)
-        compiled = self._build(white, obs).lower(kr).compile()
-        return _Prepared(compiled, traced, traced.prior.length)
+        members = parallel.EnsembleSharding.for_ensemble(
+            self.settings.mesh, self.settings.ensemble_size, what="ensemble members", stacklevel=3)
+        compiled = self._build(white, obs, members).lower(members.place(kr)).compile()
+        self.sharding = members
+        self._compiled = compiled  # the partitioned program, for inspection (as_text())
+        return _Prepared(compiled, traced, traced.prior.length, members)
 
     def _draw(self, state: _Prepared, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
-        ens = state.compiled(rng_key)
+        sh = state.members
+        ens = sh.fetch(state.compiled(sh.place(rng_key)))
         stats = {"mean": ens.mean(0), "std": ens.std(0, ddof=1)}
         return {state.traced.prior_name: ens[:num_samples]}, stats
 
@@ -457,11 +496,16 @@ class EnKF(_EnsembleKalman):
         localization: Gaspari–Cohn half-width in grid points for 1-D periodic states, or None.
         rotate: post-multiply each analysis transform by a random mean-preserving rotation
             (DAPPER's ``rot=True``), which keeps small square-root ensembles from clustering.
+        mesh: the devices the ensemble members are split over: ``None`` (default: every
+            visible device, :func:`numpyro_sda.parallel.draws_mesh`), ``False`` (one device) or
+            a :class:`jax.sharding.Mesh` with a ``"draws"`` axis. Results equal the
+            ``mesh=False`` run with the same key to float rounding (module docstring).
         settings: an :class:`EnsembleSettings` instead of the keywords above.
 
     The returned draws are filtering marginals (not a joint smoothing distribution);
     ``sample_stats["mean"]`` is the analysis mean, ``"std"`` the ensemble spread (whole
-    ensemble).
+    ensemble). ``sharding`` is the :class:`~numpyro_sda.parallel.EnsembleSharding` of the last
+    run (``sharding.mesh``: the mesh the members were split over, ``None`` for one device).
     """
 
     method = "EnKF"

@@ -31,6 +31,25 @@ warning is raised when it falls below ``path_warning * num_samples``. FFBSi does
 ``num_samples x num_particles x (length - 1)`` transition densities, is at most
 ``ffbsi_budget`` (default :math:`2^{32}`) and the observation model is Markov (lag 1), and
 ancestral tracing otherwise.
+
+Several devices (``mesh=``, as for :class:`numpyro_sda.SDA`: ``None`` = every visible device,
+``False`` = one, or a :class:`jax.sharding.Mesh` with a ``"draws"`` axis): the particle axis
+is split over the devices of the ``"draws"`` axis inside the one jitted program
+(:class:`numpyro_sda.parallel.EnsembleSharding`), so each device propagates and weighs its own
+:math:`N / D` particles (transitions, likelihood chunks, jitter) and holds its share of the
+stored ``(L, N, *state)`` history. The ``(N,)`` bookkeeping -- log-likelihoods, normalised
+weights, ESS, the resample-or-not decision, the ancestor indices -- is replicated (an
+all-gather of :math:`N` floats per step), so it is computed from the same values in the same
+order as on one device and the discrete choices (which particles survive) cannot be flipped by
+a different summation order; the resampled particles are then gathered by GSPMD. The smoothing
+draws are split over the same devices (padded to a multiple of :math:`D` by repeating the last
+draw, which changes no count, and trimmed back); FFBSi replicates the particles of one time step to every device
+so that each device evaluates the :math:`N` transition densities of its own draws. Random
+numbers are generated inside the program with ``jax_threefry_partitionable`` (JAX's default),
+so they do not depend on the sharding. When :math:`D` does not divide :math:`N`, the particles
+are split over :math:`\gcd(N, D)` devices (with a warning; one device when the two are
+coprime). The result equals the ``mesh=False`` run with the same key to float rounding: the
+weighted filtering means and the regularisation covariance are sums over devices.
 """
 
 from __future__ import annotations
@@ -45,7 +64,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 from jax.scipy.special import logsumexp
+from jax.sharding import Mesh
 
+from numpyro_sda import parallel
 from numpyro_sda.baselines.timesplit import (
     TimeSplit,
     check_baseline_model,
@@ -111,6 +132,7 @@ class ParticleSettings:
     ffbsi_budget: int = 2**32
     max_lag: int = 8
     chunk_elements: int = 2**24
+    mesh: Any = None
 
     def __post_init__(self) -> None:
         f = object.__setattr__
@@ -124,6 +146,7 @@ class ParticleSettings:
         f(self, "ffbsi_budget", check_int("ffbsi_budget", self.ffbsi_budget, 0))
         f(self, "max_lag", check_int("max_lag", self.max_lag, 1))
         f(self, "chunk_elements", check_int("chunk_elements", self.chunk_elements, 1))
+        parallel.check_mesh(self.mesh)
 
     def choose_smoother(self, num_samples: int, length: int, lag: int) -> str:
         """``"ffbsi"`` or ``"ancestral"``: the explicit choice, or the ``"auto"`` rule (FFBSi when
@@ -202,19 +225,23 @@ def bootstrap_filter(
     resample: Callable[[Array, Array, int], Array],
     ess_threshold: float,
     bandwidth: float,
+    members: parallel.EnsembleSharding | None = None,
 ) -> FilterOutput:
     """The bootstrap particle filter over the prior's ``length`` steps (one ``lax.scan``).
 
     ``weigh(t, windows, lw)`` returns :func:`normalise_weights` of the time-``t`` likelihood of
-    the particles' last ``lag`` states ``windows`` ``(N, lag, *state)``.
+    the particles' last ``lag`` states ``windows`` ``(N, lag, *state)``. ``members`` (default:
+    one device) splits the particle axis over devices; the ``(N,)`` weights, ancestors and
+    decisions stay replicated (see the module docstring).
     """
+    sh = members if members is not None else parallel.EnsembleSharding()
     N, L, K = num_particles, prior.length, lag
     always = ess_threshold >= 1.0
     thr = ess_threshold * N
     k0, key = jax.random.split(key)
-    x0 = prior.initial.sample(k0, (N,))
-    win0 = jnp.repeat(x0[:, None], K, axis=1)
-    lw0 = jnp.full((N,), -jnp.log(N), x0.dtype)
+    x0 = sh.split(prior.initial.sample(k0, (N,)))
+    win0 = sh.split(jnp.repeat(x0[:, None], K, axis=1))
+    lw0 = sh.whole(jnp.full((N,), -jnp.log(N), x0.dtype))
     lw0, inc0, ess0, bad0 = weigh(0, win0, lw0)
 
     def body(carry, inp):
@@ -223,17 +250,18 @@ def bootstrap_filter(
         kr, kj, kp = jax.random.split(k, 3)
         ess_prev = 1.0 / jnp.sum(jnp.exp(2.0 * lw))
         do = (ess_prev < thr) | always
-        parents = jax.lax.cond(
+        parents = sh.whole(jax.lax.cond(
             do, lambda: resample(kr, lw, N), lambda: jnp.arange(N, dtype=jnp.int32)
-        )
+        ))
         if bandwidth > 0:
             xp = jax.lax.cond(do, lambda: regularised_jitter(kj, x, lw, parents, bandwidth),
                               lambda: x[parents])
         else:
             xp = x[parents]
-        lw = jnp.where(do, -jnp.log(N).astype(lw.dtype), lw)
-        xn = _sample_transition(prior, jax.random.split(kp, N), xp)
-        win = jnp.concatenate([win[parents, 1:], xn[:, None]], axis=1)
+        xp = sh.split(xp)
+        lw = sh.whole(jnp.where(do, -jnp.log(N).astype(lw.dtype), lw))
+        xn = sh.split(_sample_transition(prior, sh.split(jax.random.split(kp, N)), xp))
+        win = sh.split(jnp.concatenate([win[parents, 1:], xn[:, None]], axis=1))
         lw, inc, ess, bad = weigh(t, win, lw)
         first_bad = jnp.where((first_bad < 0) & bad, t, first_bad)
         return (xn, win, lw, logz + inc, first_bad), (xn, parents, lw, ess, do)
@@ -242,7 +270,7 @@ def bootstrap_filter(
     init = (x0, win0, lw0, inc0, jnp.where(bad0, 0, -1).astype(jnp.int32))
     carry, (xs, anc, lws, ess, did) = jax.lax.scan(body, init, (ts, jax.random.split(key, L - 1)))
     return FilterOutput(
-        xs=jnp.concatenate([x0[None], xs]),
+        xs=sh.split(jnp.concatenate([x0[None], xs]), dim=1),
         ancestors=jnp.concatenate([jnp.arange(N, dtype=jnp.int32)[None], anc]),
         log_weights=jnp.concatenate([lw0[None], lws]),
         ess=jnp.concatenate([ess0[None], ess]),
@@ -252,32 +280,44 @@ def bootstrap_filter(
     )
 
 
-def ancestral_paths(key: Array, filt: FilterOutput, num: int) -> tuple[Array, Array]:
+def ancestral_paths(key: Array, filt: FilterOutput, num: int,
+                    members: parallel.EnsembleSharding | None = None) -> tuple[Array, Array]:
     """Ancestral tracing (Kitagawa, 1996): pick final particles by weight and follow their
     ancestors back. Returns the draws ``(num, L, *state)`` and the number of distinct particles
-    they pass through at each time ``(L,)``."""
+    they pass through at each time ``(L,)``. With ``members`` the draws are split over its
+    devices (padded by repeating the last one, which changes no count, and trimmed)."""
+    sh = members if members is not None else parallel.EnsembleSharding()
     idx = resample_multinomial(key, filt.log_weights[-1], num)
+    idx = sh.split(parallel.pad_draws(idx, sh.padded(num)))
 
     def back(i, inp):
         x_t, a_t = inp
-        return a_t[i], (x_t[i], distinct_count(i))
+        return sh.split(a_t[i]), (sh.split(x_t[i]), distinct_count(i))
 
     _, (traj, distinct) = jax.lax.scan(back, idx, (filt.xs, filt.ancestors), reverse=True)
-    return jnp.moveaxis(traj, 0, 1), distinct
+    return jnp.moveaxis(traj, 0, 1)[:num], distinct
 
 
-def ffbsi_paths(key: Array, prior, filt: FilterOutput, num: int) -> tuple[Array, Array]:
+def ffbsi_paths(key: Array, prior, filt: FilterOutput, num: int,
+                members: parallel.EnsembleSharding | None = None) -> tuple[Array, Array]:
     r"""Forward-filtering backward-simulation (Godsill, Doucet & West, 2004),
     :math:`P(x_t = x_t^i \mid x_{t+1}) \propto W_t^i p(x_{t+1} \mid x_t^i)`. Returns the draws
-    ``(num, L, *state)`` and the number of distinct particles picked at each time ``(L,)``."""
+    ``(num, L, *state)`` and the number of distinct particles picked at each time ``(L,)``.
+
+    With ``members`` the draws are split over its devices (padded by repeating the last draw's
+    key and state, which changes no count, and trimmed) and the particles of each time step are
+    replicated to every device, which scores them against its own draws."""
+    sh = members if members is not None else parallel.EnsembleSharding()
     xs, lws = filt.xs, filt.log_weights
     N = xs.shape[1]
+    size = sh.padded(num)
     kL, key = jax.random.split(key)
     idx = resample_multinomial(kL, lws[-1], num)
-    x_last = xs[-1][idx]
+    x_last = sh.split(parallel.pad_draws(sh.whole(xs[-1])[idx], size))
 
     def back(x_next, inp):
         x_t, lw_t, k = inp
+        x_t = sh.whole(x_t)
 
         def logw_one(xn):
             return lw_t + jax.vmap(lambda xi: prior.transition(xi).log_prob(xn))(x_t)
@@ -285,23 +325,24 @@ def ffbsi_paths(key: Array, prior, filt: FilterOutput, num: int) -> tuple[Array,
         def pick(kk, xn):
             return jax.random.categorical(kk, logw_one(xn))
 
-        i = jax.lax.map(
-            lambda a: pick(*a), (jax.random.split(k, num), x_next),
-            batch_size=max(1, min(num, 2**22 // N)),
-        )
-        x_new = x_t[i]
+        keys = sh.split(parallel.pad_draws(jax.random.split(k, num), size))
+        i = sh.map(lambda a: pick(*a), (keys, x_next), batch_size=max(1, min(num, 2**22 // N)))
+        x_new = sh.split(x_t[i])
         return x_new, (x_new, distinct_count(i))
 
     keys = jax.random.split(key, xs.shape[0] - 1)
     _, (traj, distinct) = jax.lax.scan(back, x_last, (xs[:-1], lws[:-1], keys), reverse=True)
     traj = jnp.concatenate([traj, x_last[None]])
     distinct = jnp.concatenate([distinct, distinct_count(idx)[None]])
-    return jnp.moveaxis(traj, 0, 1), distinct
+    return jnp.moveaxis(traj, 0, 1)[:num], distinct
 
 
-def step_log_likelihood(traced: TracedModel, split: TimeSplit, chunk: int):
+def step_log_likelihood(traced: TracedModel, split: TimeSplit, chunk: int,
+                        members: parallel.EnsembleSharding | None = None):
     """``weigh(t, windows, lw)`` for :func:`bootstrap_filter`: the time-``t`` share of the
-    model's log-likelihood, evaluated in particle chunks of ``chunk`` surrogate trajectories."""
+    model's log-likelihood, evaluated in particle chunks of ``chunk`` surrogate trajectories
+    (per device with ``members``; the log-likelihoods are then replicated for the weights)."""
+    sh = members if members is not None else parallel.EnsembleSharding()
     L = split.length
     index, mask, has_obs = (jnp.asarray(a) for a in (split.index, split.mask, split.has_obs))
 
@@ -312,11 +353,12 @@ def step_log_likelihood(traced: TracedModel, split: TimeSplit, chunk: int):
             ll = flat_log_likelihood(traced, surrogate_trajectory(w, t, L))
             return jnp.sum(jnp.where(msk, ll[idx], 0.0))
 
-        return jax.lax.map(one, windows, batch_size=chunk)
+        return sh.map(one, windows, batch_size=chunk)
 
     def weigh(t, windows, lw):
-        ll = jax.lax.cond(has_obs[t], lambda: loglik(t, windows), lambda: jnp.zeros_like(lw))
-        return normalise_weights(lw, ll)
+        ll = jax.lax.cond(has_obs[t], lambda: sh.whole(loglik(t, windows)),
+                          lambda: jnp.zeros_like(lw))
+        return sh.whole(normalise_weights(sh.whole(lw), sh.whole(ll)))
 
     return weigh
 
@@ -328,6 +370,7 @@ class _Prepared(NamedTuple):
     const: float
     smoother: str
     length: int
+    members: parallel.EnsembleSharding
 
 
 class ParticleSmoother(InferenceMethod):
@@ -353,14 +396,21 @@ class ParticleSmoother(InferenceMethod):
         max_lag: largest number of consecutive states one observed element may depend on; the
             particles then carry their last ``lag`` states. Beyond it the model is rejected as
             not Markov (ValueError).
-        chunk_elements: bound on the number of floats in one batch of surrogate trajectories.
+        chunk_elements: bound on the number of floats in one batch of surrogate trajectories
+            (per device when sharded).
+        mesh: the devices the particles and the smoothing draws are split over: ``None``
+            (default: every visible device, :func:`numpyro_sda.parallel.draws_mesh`), ``False``
+            (one device) or a :class:`jax.sharding.Mesh` with a ``"draws"`` axis. Results equal
+            the ``mesh=False`` run with the same key to float rounding (module docstring).
         settings: a :class:`ParticleSettings` instead of the keywords above.
         num_samples: deprecated; pass ``num_samples`` to :meth:`run` (default ``min(N, 1024)``).
 
     ``sample_stats``: ``"ess"`` (L,), ``"resampled"`` (L,), ``"log_evidence"`` (),
     ``"filter_mean"`` (L, *state_shape) (weighted filtering means), ``"distinct_paths"`` (L,)
     (distinct particles the draws pass through at each time), ``"log_weight"`` per draw (all
-    zero: draws are equally weighted). ``smoother_used`` is the smoother that ran.
+    zero: draws are equally weighted). ``smoother_used`` is the smoother that ran,
+    ``sharding`` the :class:`~numpyro_sda.parallel.EnsembleSharding` it ran with
+    (``sharding.mesh``: the mesh the particles were split over, ``None`` for one device).
     """
 
     method = "BPF"
@@ -380,6 +430,7 @@ class ParticleSmoother(InferenceMethod):
         ffbsi_budget: int = 2**32,
         max_lag: int = 8,
         chunk_elements: int = 2**24,
+        mesh: Mesh | None | bool = None,
         settings: ParticleSettings | None = None,
     ) -> None:
         if settings is None:
@@ -387,7 +438,7 @@ class ParticleSmoother(InferenceMethod):
                 num_particles=num_particles, resampling=resampling, ess_threshold=ess_threshold,
                 smoother=smoother, regularization=regularization, ess_warning=ess_warning,
                 path_warning=path_warning, ffbsi_budget=ffbsi_budget, max_lag=max_lag,
-                chunk_elements=chunk_elements,
+                chunk_elements=chunk_elements, mesh=mesh,
             )
         elif not isinstance(settings, ParticleSettings):
             raise TypeError(f"settings must be a ParticleSettings, got {type(settings).__name__}")
@@ -395,6 +446,8 @@ class ParticleSmoother(InferenceMethod):
         self._deprecated_num_samples(num_samples)
         self.split: TimeSplit | None = None
         self.smoother_used: str | None = None
+        self.sharding: parallel.EnsembleSharding | None = None
+        self._compiled: Any = None
 
     def default_num_samples(self, traced: TracedModel) -> int:
         return min(self.settings.num_particles, 1024)
@@ -430,15 +483,18 @@ class ParticleSmoother(InferenceMethod):
         )(points[0]))
         return split, const
 
-    def _build(self, traced: TracedModel, split: TimeSplit, smoother: str, num_samples: int):
+    def _build(self, traced: TracedModel, split: TimeSplit, smoother: str, num_samples: int,
+               members: parallel.EnsembleSharding | None = None):
         """The jitted ``run(key) -> (draws, ess, resampled, log_evidence, first_bad,
-        filter_mean, distinct_paths)``."""
+        filter_mean, distinct_paths)``, with the particles and draws split by ``members``
+        (default: one device)."""
         s, prior = self.settings, traced.prior
+        sh = members if members is not None else parallel.EnsembleSharding()
         N, L = s.num_particles, prior.length
         size = int(np.prod(prior.state_shape, dtype=int))
         n_el = int(split.first.shape[0])
         chunk = max(1, min(N, s.chunk_elements // max(1, L * size + n_el)))
-        weigh = step_log_likelihood(traced, split, chunk)
+        weigh = step_log_likelihood(traced, split, chunk, sh)
         bandwidth = s.regularization * N ** (-1.0 / (size + 4))
 
         @jax.jit
@@ -447,15 +503,15 @@ class ParticleSmoother(InferenceMethod):
             filt = bootstrap_filter(
                 kf, prior, weigh, num_particles=N, lag=split.lag,
                 resample=_RESAMPLERS[s.resampling], ess_threshold=s.ess_threshold,
-                bandwidth=bandwidth,
+                bandwidth=bandwidth, members=sh,
             )
             if smoother == "ancestral":
-                traj, distinct = ancestral_paths(ks, filt, num_samples)
+                traj, distinct = ancestral_paths(ks, filt, num_samples, sh)
             else:
-                traj, distinct = ffbsi_paths(ks, prior, filt, num_samples)
+                traj, distinct = ffbsi_paths(ks, prior, filt, num_samples, sh)
             filter_mean = jnp.einsum("ln,ln...->l...", jnp.exp(filt.log_weights), filt.xs)
-            return (traj, filt.ess, filt.resampled, filt.log_evidence, filt.first_bad,
-                    filter_mean, distinct)
+            return (sh.split(traj), filt.ess, filt.resampled, filt.log_evidence,
+                    filt.first_bad, filter_mean, distinct)
 
         return run
 
@@ -464,13 +520,18 @@ class ParticleSmoother(InferenceMethod):
         kp, kr = jax.random.split(rng_key)
         split, const = self._time_split(traced, kp)
         smoother = self.settings.choose_smoother(num_samples, traced.prior.length, split.lag)
-        run = self._build(traced, split, smoother, num_samples)
-        compiled = run.lower(kr).compile()
-        self.split, self.smoother_used = split, smoother
-        return _Prepared(compiled, traced, split, const, smoother, traced.prior.length)
+        members = parallel.EnsembleSharding.for_ensemble(
+            self.settings.mesh, self.settings.num_particles, what="particles", stacklevel=3)
+        run = self._build(traced, split, smoother, num_samples, members)
+        compiled = run.lower(members.place(kr)).compile()
+        self.split, self.smoother_used, self.sharding = split, smoother, members
+        self._compiled = compiled  # the partitioned program, for inspection (as_text())
+        return _Prepared(compiled, traced, split, const, smoother, traced.prior.length, members)
 
     def _draw(self, state: _Prepared, rng_key: Array, num_samples: int) -> tuple[dict, dict]:
-        traj, ess, did, logz, first_bad, filter_mean, distinct = state.compiled(rng_key)
+        sh = state.members
+        out = sh.fetch(state.compiled(sh.place(rng_key)))
+        traj, ess, did, logz, first_bad, filter_mean, distinct = out
         samples = {state.traced.prior_name: traj}
         stats = {
             "ess": ess, "resampled": did, "log_evidence": logz + state.const,

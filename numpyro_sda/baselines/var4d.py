@@ -15,6 +15,11 @@ Both costs are differentiated by JAX through the user's observation model and mi
 L-BFGS (Liu & Nocedal, 1989; ``optax.lbfgs`` with a zoom line search) inside one
 ``lax.while_loop``. For a linear-Gaussian model the weak-constraint minimiser is the Kalman
 smoother mean.
+
+Devices: 4D-Var has no ensemble or draws axis to shard -- it optimises one trajectory, and
+every L-BFGS iteration (cost, gradient, line search) depends on the previous one -- so it takes
+no ``mesh=`` and runs on the default device, unlike the particle smoother and the ensemble
+Kalman methods, whose members are split over a device mesh.
 """
 
 from __future__ import annotations

@@ -65,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="particle-smoother particles (default 16384 for lorenz63, 4096 for ks;"
                            " 1024 with --quick)")
     demo.add_argument("--prior", default=None,
-                      help="a saved prior (.npz) instead of the shipped one (required for "
-                           "kolmogorov when no Kolmogorov prior is shipped)")
+                      help="a saved prior (.npz) instead of the shipped one (ks, kolmogorov)")
     demo.add_argument("--quick", action="store_true",
                       help="a reduced run (few draws, steps and particles) for smoke tests")
     demo.add_argument("--seed", type=int, default=0, help="random seed of truth, data and draws")

@@ -168,13 +168,12 @@ def test_demo_kolmogorov_quick_with_a_given_prior(tmp_path, capsys):
     for name in ("comparison.md", "sda_fields.png", "enks_fields.png", "vorticity.gif",
                  "sda.nc"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    # without a prior file, a clear one-line error (no Kolmogorov prior is shipped)
-    from numpyro_sda import pretrained
-
-    if "kolmogorov" not in pretrained.available():
-        assert main(["demo", "--system", "kolmogorov", "--quick", "--out",
-                     str(tmp_path / "o2")]) == 1
-        assert "--prior" in capsys.readouterr().err
+    # without a prior file, the shipped Kolmogorov prior (issue 11)
+    assert main(["demo", "--system", "kolmogorov", "--quick", "--out",
+                 str(tmp_path / "o2")]) == 0
+    out = capsys.readouterr().out
+    assert "SDA (8 steps, 2 draws)" in out
+    assert (tmp_path / "o2" / "sda_fields.png").stat().st_size > 0
 
 
 def test_assimilate_hdf5_netcdf_and_toml(tmp_path, capsys):

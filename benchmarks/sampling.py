@@ -159,14 +159,18 @@ def main() -> None:
                   f"{m['ratio']:>6.2f} {m['ss']:>9.2f} {m['spread_vs_gt']:>7.2f} "
                   f"{m['crps']:>6.3f} {m['wall']:>7.0f} {m['cpu']:>7.0f} {m['finite']:>6.2f} "
                   f"{res['load']:>5.1f}", flush=True)
+            write_json(Path(args.json), results)  # after each row: a cut run keeps its rows
     print("(medians over observation sets; wall: sampling only, per 1024 draws; cpu: process CPU "
           "time per 1024 draws, compilation included; spr/GT: ensemble spread / ground truth's)")
-    path = Path(args.json)
+    print(f"wrote {args.json}")
+
+
+def write_json(path: Path, results: list) -> None:
+    """Write ``results`` to ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, path)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

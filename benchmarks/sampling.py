@@ -78,12 +78,16 @@ CONFIGS = {
                                                          guidance=SDAGuidance(gamma=0.01))),
     "w9-sda-c16-32-eta1-g0.01": ("lorenz63_window9", dict(steps=32, corrections=16, eta=1.0,
                                                           guidance=SDAGuidance(gamma=0.01))),
-    # around the default (C=16, 32 steps, eta=1, gamma=0.01), on the 8-set x 1024-draw protocol
+    # around the former default (C=16, 32 steps, eta=1, gamma=0.01), on the 8-set x 1024-draw
+    # protocol (benchmarks/results/sampling_gpu_2026-11-27_h200.txt); w9-c32 is today's default
+    "w9-c16": ("lorenz63_window9", dict(corrections=16)),
     "w9-c32": ("lorenz63_window9", dict(corrections=32)),
-    "w9-c16-64steps": ("lorenz63_window9", dict(steps=64)),
-    "w9-c16-g0.003": ("lorenz63_window9", dict(guidance=SDAGuidance(gamma=0.003))),
-    "w9-c16-tau0.1": ("lorenz63_window9", dict(tau=0.1)),
-    "w9-mmps-c16": ("lorenz63_window9", dict(guidance=MMPS())),
+    "w9-c64": ("lorenz63_window9", dict(corrections=64)),
+    "w9-c16-64steps": ("lorenz63_window9", dict(steps=64, corrections=16)),
+    "w9-c16-g0.003": ("lorenz63_window9", dict(corrections=16,
+                                               guidance=SDAGuidance(gamma=0.003))),
+    "w9-c16-tau0.1": ("lorenz63_window9", dict(corrections=16, tau=0.1)),
+    "w9-mmps-c16": ("lorenz63_window9", dict(corrections=16, guidance=MMPS())),
 }
 
 

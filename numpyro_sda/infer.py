@@ -83,7 +83,7 @@ class SDASettings:
     """The settings of :class:`SDA` (see its docstring)."""
 
     steps: int = 32
-    corrections: int = 16
+    corrections: int = 32
     tau: float = 0.25
     eta: float = 1.0
     guidance: Guidance = DEFAULT_GUIDANCE
@@ -204,7 +204,10 @@ class SDA(InferenceMethod):
         model: a NumPyro model with exactly one :class:`TrajectoryPrior` sample site and at
             least one observed site.
         steps: number of reverse-diffusion (predictor) steps :math:`S`.
-        corrections: Langevin corrections :math:`C` per step.
+        corrections: Langevin corrections :math:`C` per step. The default, 32, is the best
+            measured on the paper's Lorenz-63 protocol (8 observation sets x 1024 draws, "lo",
+            window-9 prior): W1 1.70x the particle floor against 2.08x for 16, spread/skill 0.99
+            against 1.12; cost is proportional to ``steps * (1 + corrections)``.
         tau: Langevin step size factor :math:`\tau`.
         eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see
             :func:`numpyro_sda.sampling.reverse_step`.

@@ -83,6 +83,7 @@ CONFIGS = {
     "w9-c16": ("lorenz63_window9", dict(corrections=16)),
     "w9-c32": ("lorenz63_window9", dict(corrections=32)),
     "w9-c64": ("lorenz63_window9", dict(corrections=64)),
+    "w9-c32-16steps": ("lorenz63_window9", dict(steps=16, corrections=32)),
     "w9-c16-64steps": ("lorenz63_window9", dict(steps=64, corrections=16)),
     "w9-c16-g0.003": ("lorenz63_window9", dict(corrections=16,
                                                guidance=SDAGuidance(gamma=0.003))),
@@ -96,17 +97,19 @@ def load_prior(name: str):
     return pretrained.load(name) if name in pretrained.available() else load_score(name)
 
 
-def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str | None = None
-               ) -> dict:
+def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str | None = None,
+               gt_draws: int | None = None) -> dict:
     """One configuration on ``sets`` observation sets; one ``SDA`` serves them all (the
     observations are dynamic arguments of its compiled steps, so it compiles once).
-    ``prior_name`` replaces the configuration's prior (a shipped name or a file)."""
+    ``prior_name`` replaces the configuration's prior (a shipped name or a file); ``gt_draws``
+    scores against a ground truth of that many draws (default ``draws``): with fewer SDA draws
+    than ground-truth draws W1 is biased upwards (compare such rows with each other only)."""
     score_name, settings = CONFIGS[name]
     score_name = prior_name or score_name
     prior = TrajectoryPrior(load_prior(score_name), length=protocol.LENGTH)
     rows, sda = [], None
     for i in range(sets):
-        case = protocol.case(scenario, i, num_draws=draws)
+        case = protocol.case(scenario, i, num_draws=gt_draws or draws)
         if sda is None:
             sda = SDA(case.model, progress=False, predictive=False, **settings)
         c0 = time.process_time()
@@ -136,6 +139,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--configs", default=None, help=f"comma-separated, from {list(CONFIGS)}")
     parser.add_argument("--scenarios", default="lo,hi")
+    parser.add_argument("--gt-draws", type=int, default=None,
+                        help="ground-truth draws (default: --draws; e.g. 1024 with a cached "
+                             "ground truth and fewer SDA draws)")
     parser.add_argument("--prior", default=None,
                         help="replace every configuration's prior: a shipped name or a file")
     parser.add_argument("--json", default="out/bench/sampling.json")
@@ -156,7 +162,7 @@ def main() -> None:
     results = []
     for name in names:
         for scenario in args.scenarios.split(","):
-            res = run_config(name, scenario, sets, draws, args.prior)
+            res = run_config(name, scenario, sets, draws, args.prior, args.gt_draws)
             results.append(res)
             m = res["median"]
             print(f"{name:>15} {scenario:>4} {m['w1']:>6.1f} {m['floor']:>6.1f} "

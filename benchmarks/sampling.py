@@ -155,7 +155,7 @@ def main() -> None:
         parser.error(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; jax "
           f"{jax.__version__} on {jax.devices()[0].platform}; {sets} observation sets, "
-          f"{draws} draws vs {draws} ground-truth draws (16384 particles)")
+          f"{draws} draws vs {args.gt_draws or draws} ground-truth draws (16384 particles)")
     header = (f"{'config':>15} {'scen':>4} {'W1':>6} {'floor':>6} {'ratio':>6} {'spr/skill':>9} "
               f"{'spr/GT':>7} {'CRPS':>6} {'wall s':>7} {'cpu s':>7} {'finite':>6} {'load':>5}")
     print(header)

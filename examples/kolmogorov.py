@@ -14,7 +14,7 @@ for 4750 steps; see :mod:`numpyro_sda.pretrained`) unless ``--prior FILE`` names
 one trained with ``examples/train_kolmogorov.py``). On these 2-core CPUs one guided evaluation
 of the shipped UNet on 2 x 9 states takes about 1.3 s, so the small default uses 1 correction.
 
-    python examples/kolmogorov.py                        # small: 9 states, 'coarse', 4 draws
+    python examples/kolmogorov.py                        # small: 9 states, 'coarse', 2 draws, 8 steps
     python examples/kolmogorov.py --full   # 17 states, all scenarios (GPU)
 """
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     scenarios = args.scenarios or (list(KOLMOGOROV_SCENARIOS) if args.full else ["coarse"])
     settings = (dict(length=17, num_samples=64, ensemble_size=64) if args.full else
-                dict(length=9, num_samples=4, ensemble_size=16, steps=16, corrections=1))
+                dict(length=9, num_samples=2, ensemble_size=16, steps=8, corrections=1))
     for name in scenarios:
         res = run_kolmogorov_demo(scenario=name, out=f"{args.out}/{name}", seed=args.seed,
                                   prior_path=args.prior, require_prior=False, **settings)

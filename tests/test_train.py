@@ -343,9 +343,12 @@ def test_block_interruptibly_raises_before_the_result_is_ready():
         return jax.lax.fori_loop(0, 3000, lambda i, a: jnp.tanh(a @ a) * 0.5 + a * 0.5, x)
 
     x = jax.random.normal(jax.random.key(0), (256, 256))
-    compiled = slow.lower(x).compile()  # ~33 GFLOP: seconds on any CPU
+    compiled = slow.lower(x).compile()  # ~100 GFLOP: seconds on any CPU
+    # Python's own SIGINT handler (raises KeyboardInterrupt), whatever ran before in the process
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
     out = compiled(x)
+    assert not out.is_ready()  # dispatched asynchronously
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -353,6 +356,7 @@ def test_block_interruptibly_raises_before_the_result_is_ready():
         assert not out.is_ready()
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     out.block_until_ready()
 
 

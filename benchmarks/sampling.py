@@ -161,7 +161,7 @@ def speed(args) -> None:
     if ref is not None:
         torch = ref.torch
         port = ref.from_local_score(pretrained.load("lorenz63"))
-        guide = ref.GaussianGuidance(port, torch.as_tensor(y), lambda x: x[..., ::every, :1],
+        guide = ref.GaussianGuidance(port, torch.tensor(y), lambda x: x[..., ::every, :1],
                                      noise, gamma=3e-2)
         sampler = ref.Sampler(guide, corrections=1, tau=0.25)
         x0 = torch.randn(draws, protocol.LENGTH, 3)

@@ -11,24 +11,34 @@ and scenario, as the **median over observation sets**:
 * CRPS against the truth;
 * sampling wall time and process CPU time per 1024 draws (compilation excluded / included).
 
-A second part (``--speed``) times one reverse step for 1024 x 65 states.
+A second part (``--speed``, run instead of the quality table) times one reverse step for
+1024 x 65 states at C = 1 on the "lo" observations: ours in the paper's configuration (window-5
+prior, SDA guidance gamma 3e-2, eta 0) and with ``SDA()``'s defaults (window-9 prior, its default
+guidance and eta) at C = 1; with ``--reference`` also the PyTorch reference
+(``reference_torch.py``: the reference's predictor-corrector step with its composed score over
+all 61 windows and its Gaussian likelihood score, gamma 3e-2, tau 0.25, the window-5 weights
+copied into it), interleaved with ours over ``--repeats`` rounds, and the ratio of the medians.
+Without torch it says that the reference was not run.
 
 Usage::
 
     python benchmarks/sampling.py                       # default + paper configs, 8 sets, 1024 draws
     python benchmarks/sampling.py --quick               # 2 sets, 256 draws, 2 configurations
     python benchmarks/sampling.py --configs paper,default --sets 8 --json out/bench/sampling.json
+    python benchmarks/sampling.py --speed --reference [--repeats 3] [--ref-threads default,1]
 
-The reference (PyTorch SDA, window 5, 256 steps, C = 1) needs about 2080 s per 1024 draws on
-these machines for W1 about 40 (the paper: 37.5 at C = 1, 11.9 at C = 16, best 5.6 with
-window 17 and C = 16; floor about 5).
+Historical note, not used in any ratio: on another day the reference (PyTorch SDA, window 5,
+256 steps, C = 1) was measured at about 2080 s per 1024 draws on these machines, for W1 about 40
+(the paper: 37.5 at C = 1, 11.9 at C = 16, best 5.6 with window 17 and C = 16; floor about 5).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -39,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol  # noqa: E402
+import sidebyside  # noqa: E402
 
 from numpyro_sda import pretrained  # noqa: E402
 from numpyro_sda.checkpoint import load_score  # noqa: E402
@@ -132,6 +143,105 @@ def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str 
                 load=os.getloadavg()[0])
 
 
+SPEED_CONFIGS = {
+    # name: (pretrained prior, SDA settings other than steps); C = 1 in both
+    "ours, paper config (window 5, SDAGuidance 3e-2, eta 0)": (
+        "lorenz63", dict(corrections=1, eta=0.0, tau=0.25, guidance=SDAGuidance(gamma=3e-2))),
+    "ours, SDA() defaults at C=1 (window-9 prior)": ("lorenz63_window9", dict(corrections=1)),
+}
+
+
+def speed(args) -> None:
+    """Seconds per reverse step, 1024 draws x 65 states, C = 1; the reference interleaved."""
+    from numpyro_sda.systems import Lorenz63
+
+    every, noise = protocol.SCENARIOS["lo"]
+    system = Lorenz63()
+    k_truth, k_obs = jax.random.split(jax.random.key(13))
+    x_true = system.normalize(system.simulate(k_truth, 1, protocol.LENGTH, burn_in=1024)[0])
+    clean = x_true[::every, :1]
+    y = np.asarray(clean + noise * jax.random.normal(k_obs, clean.shape), np.float32)
+    model = protocol.make_model(every, noise)
+    draws, steps = args.speed_draws, args.speed_steps
+    load_begin = sidebyside.load()
+    runs, compile_s = {}, {}
+    for name, (prior_name, settings) in SPEED_CONFIGS.items():
+        prior = TrajectoryPrior(pretrained.load(prior_name), length=protocol.LENGTH)
+        sda = SDA(model, steps=steps, progress=False, predictive=False, **settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sda.run(jax.random.key(0), prior, y=y, num_samples=draws)  # compiles
+        compile_s[name] = sda.compile_time
+
+        def ours(sda=sda, prior=prior) -> tuple[float, float]:
+            with warnings.catch_warnings():  # a 2-step diffusion's draws are not posterior draws
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sda.run(jax.random.key(1), prior, y=y, num_samples=draws)
+            return steps, sda.wall_time
+
+        runs[name] = ours
+    ref, ref_note = (None, "reference not run (pass --reference)")
+    if args.reference:
+        ref, ref_note = sidebyside.load_reference()
+    if ref is not None:
+        torch = ref.torch
+        port = ref.from_local_score(pretrained.load("lorenz63"))
+        guide = ref.GaussianGuidance(port, torch.tensor(y), lambda x: x[..., ::every, :1],
+                                     noise, gamma=3e-2)
+        sampler = ref.Sampler(guide, corrections=1, tau=0.25)
+        x0 = torch.randn(draws, protocol.LENGTH, 3)
+        for n in sidebyside.thread_counts(args.ref_threads, ref):
+            def reference(n=n) -> tuple[float, float]:
+                torch.set_num_threads(n)
+                _, done, seconds = sampler.run(x0, steps, max_seconds=args.ref_seconds)
+                return done, seconds
+
+            runs[f"reference, {n} thread{'s' if n > 1 else ''}"] = reference
+            torch.set_num_threads(n)
+            sampler.run(x0[:64], 1)  # warm-up
+    timings = sidebyside.interleave(runs, args.repeats)
+    for t in timings.values():  # steps/s -> seconds per step
+        t["s_per_step"] = [1 / r for r in t["rate"]]
+        t["median_s"] = statistics.median(t["s_per_step"])
+    names = [n for n in timings if n.startswith("reference")]
+    best = min(names, key=lambda n: timings[n]["median_s"]) if names else None
+    print(f"seconds per reverse step, {draws} draws x {protocol.LENGTH} states, C = 1, scenario "
+          f"'lo'; {steps} timed steps per run, {args.repeats} interleaved repeats; "
+          f"{os.cpu_count()} CPUs, jax {jax.__version__}, XLA_FLAGS="
+          f"{os.environ.get('XLA_FLAGS', '')!r}, PJRT_NPROC={os.environ.get('PJRT_NPROC', '')!r}")
+    width = max(len(n) for n in timings)
+    print(f"| {'run':<{width}} | s/step (median) | all repeats | loads | vs fastest reference |")
+    print(f"|{'-' * (width + 2)}|----|----|----|----|")
+    for name, t in timings.items():
+        vs = ""
+        if best is not None and not name.startswith("reference"):
+            vs = f"{timings[best]['median_s'] / t['median_s']:.2f}x"
+        print(f"| {name:<{width}} | {t['median_s']:.2f} | {sidebyside.fmt(t['s_per_step'], 2)} | "
+              f"{sidebyside.fmt(t['load'], 1)} | {vs} |")
+    if ref is None:
+        print(ref_note)
+    else:
+        print(f"(reference: {ref_note}; ours and the reference alternate within each repeat; "
+              "ours' wall time includes the initial noise and the per-draw diagnostics)")
+    print(f"compile s: {', '.join(f'{k}: {v:.1f}' for k, v in compile_s.items())}; load "
+          f"average start {load_begin:.1f}, end {sidebyside.load():.1f}")
+    result = dict(date=datetime.date.today().isoformat(), cpus=os.cpu_count(),
+                  jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                  pjrt_nproc=os.environ.get("PJRT_NPROC", ""), draws=draws,
+                  length=protocol.LENGTH, corrections=1, scenario="lo",
+                  steps_per_run=steps, repeats=args.repeats, timings=timings,
+                  compile_s=compile_s, reference=ref_note, reference_fastest=best,
+                  load_start=load_begin, load_end=sidebyside.load())
+    if best is not None:
+        result["ratios_vs_fastest_reference"] = {
+            n: timings[best]["median_s"] / t["median_s"] for n, t in timings.items()
+            if not n.startswith("reference")}
+    path = Path(args.json or "out/bench/sampling_speed.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 sets, 256 draws")
@@ -144,8 +254,29 @@ def main() -> None:
                              "ground truth and fewer SDA draws)")
     parser.add_argument("--prior", default=None,
                         help="replace every configuration's prior: a shipped name or a file")
-    parser.add_argument("--json", default="out/bench/sampling.json")
+    parser.add_argument("--json", default=None,
+                        help="output (default out/bench/sampling.json, or sampling_speed.json)")
+    parser.add_argument("--speed", action="store_true",
+                        help="time one reverse step (1024 x 65 states, C = 1) instead")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --speed: also time the PyTorch reference, interleaved")
+    parser.add_argument("--repeats", type=int, default=3, help="--speed: interleaved repeats")
+    parser.add_argument("--speed-draws", type=int, default=1024)
+    parser.add_argument("--speed-steps", type=int, default=2, help="timed steps per run")
+    parser.add_argument("--ref-threads", default="default,1",
+                        help="torch thread counts to time ('default': torch's choice)")
+    parser.add_argument("--ref-seconds", type=float, default=120.0,
+                        help="no new reference step after this many seconds of a run")
+    parser.add_argument("--ours-threads", type=int, default=None,
+                        help="XLA:CPU threads for ours (sets PJRT_NPROC before JAX starts; "
+                             "default: one per core). On a loaded machine 1 can be faster")
     args = parser.parse_args()
+    if args.ours_threads is not None:  # read when the CPU client starts (not started yet)
+        os.environ["PJRT_NPROC"] = str(args.ours_threads)
+    if args.speed:
+        speed(args)
+        return
+    json_path = Path(args.json or "out/bench/sampling.json")
     sets = args.sets or (2 if args.quick else 8)
     draws = args.draws or (256 if args.quick else 1024)
     names = (args.configs.split(",") if args.configs
@@ -169,10 +300,10 @@ def main() -> None:
                   f"{m['ratio']:>6.2f} {m['ss']:>9.2f} {m['spread_vs_gt']:>7.2f} "
                   f"{m['crps']:>6.3f} {m['wall']:>7.0f} {m['cpu']:>7.0f} {m['finite']:>6.2f} "
                   f"{res['load']:>5.1f}", flush=True)
-            write_json(Path(args.json), results)  # after each row: a cut run keeps its rows
+            write_json(json_path, results)  # after each row: a cut run keeps its rows
     print("(medians over observation sets; wall: sampling only, per 1024 draws; cpu: process CPU "
           "time per 1024 draws, compilation included; spr/GT: ensemble spread / ground truth's)")
-    print(f"wrote {args.json}")
+    print(f"wrote {json_path}")
 
 
 def write_json(path: Path, results: list) -> None:

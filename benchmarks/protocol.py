@@ -27,8 +27,6 @@ import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 
 from numpyro_sda import metrics
 from numpyro_sda.baselines import ParticleSmoother
@@ -50,23 +48,9 @@ def make_model(every: int, noise: float):
 
 
 def w1(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact EMD between two equally weighted sets of whole trajectories (Euclidean cost).
-
-    With as many draws on each side and uniform weights, an optimal transport plan is a
-    permutation (Birkhoff–von Neumann), so the EMD is the optimal assignment's mean cost
-    (``scipy.optimize.linear_sum_assignment``; equal to POT's ``emd2`` to 1e-14). Sets of
-    different sizes go through POT's network simplex, when POT is installed.
-    """
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    cost = cdist(a, b)
-    if len(a) == len(b):
-        rows, cols = linear_sum_assignment(cost)
-        return float(cost[rows, cols].mean())
-    import ot
-
-    return float(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost,
-                         numItermax=10_000_000))
+    """Exact EMD between two equally weighted sets of whole trajectories (Euclidean cost):
+    :func:`numpyro_sda.metrics.wasserstein1`."""
+    return metrics.wasserstein1(a, b)
 
 
 @dataclass

@@ -267,12 +267,9 @@ def main() -> None:
                         help="torch thread counts to time ('default': torch's choice)")
     parser.add_argument("--ref-seconds", type=float, default=120.0,
                         help="no new reference step after this many seconds of a run")
-    parser.add_argument("--ours-threads", type=int, default=None,
-                        help="XLA:CPU threads for ours (sets PJRT_NPROC before JAX starts; "
-                             "default: one per core). On a loaded machine 1 can be faster")
+    sidebyside.add_ours_threads(parser)
     args = parser.parse_args()
-    if args.ours_threads is not None:  # read when the CPU client starts (not started yet)
-        os.environ["PJRT_NPROC"] = str(args.ours_threads)
+    sidebyside.set_ours_threads(args.ours_threads)
     if args.speed:
         speed(args)
         return

@@ -7,11 +7,26 @@ ratio is ever computed against a constant from another run).
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+
+def add_ours_threads(parser: argparse.ArgumentParser) -> None:
+    """The ``--ours-threads`` option shared by the side-by-side benchmarks."""
+    parser.add_argument("--ours-threads", type=int, default=None,
+                        help="XLA:CPU threads for ours (sets PJRT_NPROC before JAX starts; "
+                             "default: one per core). On a loaded machine 1 can be faster")
+
+
+def set_ours_threads(threads: int | None) -> None:
+    """Apply ``--ours-threads``: PJRT_NPROC is read when JAX's CPU client starts, so call this
+    before the first JAX computation."""
+    if threads is not None:
+        os.environ["PJRT_NPROC"] = str(threads)
 
 
 def load_reference() -> tuple[Any, str]:

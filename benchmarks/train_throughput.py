@@ -96,12 +96,9 @@ def main() -> None:
     parser.add_argument("--no-loop", action="store_true",
                         help="skip the train_score loop measurement")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    parser.add_argument("--ours-threads", type=int, default=None,
-                        help="XLA:CPU threads for ours (sets PJRT_NPROC before JAX starts; "
-                             "default: one per core). On a loaded machine 1 can be faster")
+    sidebyside.add_ours_threads(parser)
     args = parser.parse_args()
-    if args.ours_threads is not None:  # read when the CPU client starts (not started yet)
-        os.environ["PJRT_NPROC"] = str(args.ours_threads)
+    sidebyside.set_ours_threads(args.ours_threads)
     load_begin = sidebyside.load()
 
     score = LocalScore.mlp(3, window=5, hidden=256, depth=5, precision=args.precision)

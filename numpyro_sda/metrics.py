@@ -266,9 +266,12 @@ def wasserstein1(
 
     .. math:: W_1 = \min_{\pi \in \Pi(a, b)} \sum_{i,j} \pi_{ij} \|x^a_i - x^b_j\|_2
 
-    with uniform weights :math:`a = 1/n`, :math:`b = 1/m` on the flattened trajectories,
-    solved exactly by POT's network simplex (``ot.emd2``) in float64. Used in Rozet & Louppe
-    (2023) to compare SDA posteriors to a particle-filter ground truth (in physical units).
+    with uniform weights :math:`a = 1/n`, :math:`b = 1/m` on the flattened trajectories, in
+    float64. With :math:`n = m` an optimal plan is a permutation (Birkhoff–von Neumann), so the
+    exact value is the optimal assignment's mean cost (``scipy.optimize.linear_sum_assignment``;
+    equal to the network simplex to 1e-14, and POT is not needed); otherwise it is solved by
+    POT's network simplex (``ot.emd2``). Used in Rozet & Louppe (2023) to compare SDA posteriors
+    to a particle-filter ground truth (in physical units).
 
     Args:
         samples_a: ``(n, *shape)``; samples_b: ``(m, *shape)`` with the same ``shape``.
@@ -278,8 +281,6 @@ def wasserstein1(
     Returns:
         The distance as a Python float.
     """
-    import ot
-
     a = _as_numpy_samples(samples_a, "samples_a")
     b = _as_numpy_samples(samples_b, "samples_b")
     if a.shape[1:] != b.shape[1:]:
@@ -295,6 +296,13 @@ def wasserstein1(
     a = a.reshape(a.shape[0], -1)
     b = b.reshape(b.shape[0], -1)
     cost = _pairwise_euclidean(a, b)
+    if a.shape[0] == b.shape[0]:
+        from scipy.optimize import linear_sum_assignment
+
+        rows, cols = linear_sum_assignment(cost)
+        return float(cost[rows, cols].mean())
+    import ot
+
     wa = np.full(a.shape[0], 1.0 / a.shape[0])
     wb = np.full(b.shape[0], 1.0 / b.shape[0])
     return float(ot.emd2(wa, wb, cost, numItermax=int(num_iter_max)))

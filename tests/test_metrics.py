@@ -133,6 +133,20 @@ def test_wasserstein_1d_matches_scipy(rng):
     assert metrics.wasserstein1(a, b) == pytest.approx(expected, rel=1e-9)
 
 
+def test_wasserstein_equal_sizes_matches_scipy_and_pot(rng):
+    """Equal sizes take the assignment path: it must agree with the 1-D closed form and with
+    POT's network simplex on multivariate trajectories."""
+    import ot
+
+    a, b = rng.normal(size=(64, 1)), rng.normal(loc=0.3, scale=1.5, size=(64, 1))
+    expected = scipy.stats.wasserstein_distance(a[:, 0], b[:, 0])
+    assert metrics.wasserstein1(a, b) == pytest.approx(expected, rel=1e-9)
+    a, b = rng.normal(size=(40, 5, 3)), rng.normal(size=(40, 5, 3)) + 0.4
+    cost = ot.dist(a.reshape(40, -1), b.reshape(40, -1), metric="euclidean")
+    simplex = ot.emd2(np.full(40, 1 / 40), np.full(40, 1 / 40), cost)
+    assert metrics.wasserstein1(a, b) == pytest.approx(simplex, rel=1e-9)
+
+
 def test_wasserstein_matches_assignment(rng):
     a = rng.normal(size=(12, 4, 3))
     b = rng.normal(size=(12, 4, 3)) + 0.5

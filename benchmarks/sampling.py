@@ -100,6 +100,15 @@ CONFIGS = {
                                                guidance=SDAGuidance(gamma=0.003))),
     "w9-c16-tau0.1": ("lorenz63_window9", dict(corrections=16, tau=0.1)),
     "w9-mmps-c16": ("lorenz63_window9", dict(corrections=16, guidance=MMPS())),
+    # session 16: one lever at a time around w9-c32
+    "w9-c64-tau0.1": ("lorenz63_window9", dict(corrections=64, tau=0.1)),
+    "w9-c32-tau0.1": ("lorenz63_window9", dict(corrections=32, tau=0.1)),
+    "w9-c32-tau0.5": ("lorenz63_window9", dict(corrections=32, tau=0.5)),
+    "w9-c32-eta0": ("lorenz63_window9", dict(corrections=32, eta=0.0)),
+    "w9-c32-g0.03": ("lorenz63_window9", dict(corrections=32, guidance=SDAGuidance(gamma=0.03))),
+    "w9-c32-edm": ("lorenz63_window9", dict(corrections=32, spacing="edm")),
+    "w9-mmps-c32": ("lorenz63_window9", dict(corrections=32, guidance=MMPS())),
+    "w5-c32": ("lorenz63", dict(corrections=32)),
 }
 
 

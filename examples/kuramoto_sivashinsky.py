@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> dict:
     """Run the protocol; returns ``{label: median table}`` and prints the tables."""
     score = load_score(args.prior) if args.prior else pretrained.load("ks")
     sda = {} if args.steps is None else {"steps": args.steps}
+    if args.corrections is not None:
+        sda["corrections"] = args.corrections
     tables: dict[str, list[pd.DataFrame]] = {}
     t_start = time.perf_counter()
     for name in args.scenarios:
@@ -140,6 +142,8 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=None, help="particle-smoother particles")
     parser.add_argument("--steps", type=int, default=None,
                         help="SDA steps (default: SDA's default with --full, 64 otherwise)")
+    parser.add_argument("--corrections", type=int, default=None,
+                        help="SDA Langevin corrections per step (default: SDA's; small: 1)")
     parser.add_argument("--scenario", choices=sorted(KS_SCENARIOS), action="append",
                         dest="scenarios", help="scenario(s) to run (default: all)")
     parser.add_argument("--model-error", action="store_true",
@@ -155,6 +159,8 @@ def main() -> None:
     args.particles = args.particles or (4096 if full else 1024)
     if args.steps is None and not full:
         args.steps = 64
+    if args.corrections is None and not full:
+        args.corrections = 1
     args.scenarios = args.scenarios or sorted(KS_SCENARIOS)
     if args.tune:
         tune(args)

@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-sampling", choices=("uniform", "mixed"), default="uniform",
+                        help="diffusion times of a batch (numpyro_sda.train.sample_times)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
@@ -57,7 +59,7 @@ def main() -> None:
 
     output = args.output or f"lorenz63_window{args.window}.npz"
     config = dict(window=args.window, hidden=256, depth=5, batch_size=args.batch_size, lr=args.lr,
-                  weight_decay=1e-3, ema=args.ema or None)
+                  weight_decay=1e-3, ema=args.ema or None, time_sampling=args.time_sampling)
     steps = args.steps
     if steps is None:
         # throughput probe on a throw-away model: time chunks 2-3 (after compilation)
@@ -81,6 +83,7 @@ def main() -> None:
         lr=args.lr,
         weight_decay=1e-3,
         ema=args.ema or None,
+        time_sampling=args.time_sampling,
         schedule="linear",
         chunk=500,
         seed=args.seed,

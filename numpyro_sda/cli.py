@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     train.add_argument("--ema", type=float, default=None,
                        help="EMA decay of the weights (e.g. 0.999; default none)")
+    train.add_argument("--time-sampling", choices=("uniform", "mixed"), default="uniform",
+                       help="diffusion times of a batch: uniform (paper) or half log-uniform "
+                            "in the noise-to-signal ratio (numpyro_sda.train.sample_times)")
     train.add_argument("--time-limit", type=float, default=None,
                        help="stop after this many seconds (resume later with --resume)")
     train.add_argument("--seed", type=int, default=0, help="initialisation and training seed")
@@ -217,7 +220,8 @@ def _train(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, lr=args.lr, ema=args.ema,
                              seed=args.seed, checkpoint=ckpt, resume=args.resume,
                              time_limit=args.time_limit, progress=not args.no_progress,
-                             precision="bf16" if args.bf16 else "fp32")
+                             precision="bf16" if args.bf16 else "fp32",
+                             time_sampling=args.time_sampling)
     h = result.history
     loss = f", validation loss {h['valid_loss'][-1]:.4f}" if len(h["valid_loss"]) else ""
     print(f"wrote {ckpt} (step {result.step}, {result.stop_reason}{loss})")

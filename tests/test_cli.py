@@ -126,6 +126,12 @@ def test_generate_ks_then_train_builds_a_unet_and_resumes(tmp_path, capsys):
     assert ck.score.config["precision"] == "bf16" and ck.step == 4
     out = ck.score.local(np.zeros((2, 5, 1, 64), np.float32), np.array([0.3, 0.7], np.float32))
     assert out.dtype == np.float32 and np.isfinite(np.asarray(out)).all()
+    # --time-sampling is recorded with the training settings
+    mixed = tmp_path / "mixed.npz"
+    assert main(["train", str(ds), str(mixed), "--steps", "4", "--channels", "8", "16",
+                 "--blocks", "1", "1", "--batch-size", "4", "--no-progress",
+                 "--time-sampling", "mixed"]) == 0
+    assert load_checkpoint(mixed).training["time_sampling"] == "mixed"
 
 
 def test_demo_reports_the_particle_count_it_used(tmp_path, capsys):

@@ -109,6 +109,13 @@ CONFIGS = {
     "w9-c32-edm": ("lorenz63_window9", dict(corrections=32, spacing="edm")),
     "w9-mmps-c32": ("lorenz63_window9", dict(corrections=32, guidance=MMPS())),
     "w5-c32": ("lorenz63", dict(corrections=32)),
+    "w9-c32-below0.5": ("lorenz63_window9", dict(corrections=32, correct_below=0.5)),
+    "w9-c64-below0.5": ("lorenz63_window9", dict(corrections=64, correct_below=0.5)),
+    "w9-c64-below0.25": ("lorenz63_window9", dict(corrections=64, correct_below=0.25)),
+    "w9-c32-below0.25": ("lorenz63_window9", dict(corrections=32, correct_below=0.25)),
+    "w9-c32-below0.125": ("lorenz63_window9", dict(corrections=32, correct_below=0.125)),
+    "w9-c128-below0.25": ("lorenz63_window9", dict(corrections=128, correct_below=0.25)),
+    "w9-c64-below0.125": ("lorenz63_window9", dict(corrections=64, correct_below=0.125)),
 }
 
 

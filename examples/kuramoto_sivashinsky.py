@@ -16,32 +16,33 @@ the true system's data and is unchanged. Metrics (physical units): RMSE of the d
 spread/skill, CRPS, and the particle filter's ESS (minimum and median over the observed states);
 the table reports medians over the observation sets.
 
-Measured (2026-11-27, shared 2-core CPU, load average ~14; ``--scenario sparse --sets 2
---model-error``: 2 observation sets, 32 draws, 64 SDA steps with C = 1, 1024 particles; 1080 s),
-medians over the 2 sets, physical units:
+Measured (2026-11-27, shared 2-core CPU, load 2-4; ``--sets 8 --samples 32 --particles 1024
+--steps 32 --corrections 4 --model-error``, 2837 s; ``benchmarks/results/ks_table_8sets_2026-11-27.*``),
+medians over 8 observation sets, physical units (with model error: the baselines' KS equation
+has its anti-diffusion coefficient 1.1 instead of 1; SDA's prior is unchanged):
 
-    =========  ======  ======  ============  ======   ============================
+    =========  ======  ======  ============  ======   ===============================
     sparse      RMSE   spread  spread/skill   CRPS    with model error: RMSE / CRPS
-    =========  ======  ======  ============  ======   ============================
-    SDA         0.070   0.058      0.84       0.040   (prior unchanged) 0.070 / 0.040
-    EnKS        0.042   0.066      1.59       0.025   0.101 / 0.059
-    4D-Var      0.049     –         –         0.028   0.088 / 0.067
-    BPF         0.146   0.032      0.22       0.095   1.064 / 0.800 (ESS min 1)
-    =========  ======  ======  ============  ======   ============================
+    =========  ======  ======  ============  ======   ===============================
+    SDA         0.069   0.051      0.75       0.040   (prior unchanged) 0.069 / 0.040
+    EnKS        0.040   0.066      1.67       0.024   0.101 / 0.059
+    4D-Var      0.049     –         –         0.027   0.088 / 0.067
+    BPF         0.309   0.033      0.11       0.208   1.152 / 0.828 (ESS min 1)
+    =========  ======  ======  ============  ======   ===============================
 
-    ==========  ======  ======  ============  ======   ============================
+    ==========  ======  ======  ============  ======   ===============================
     saturating   RMSE   spread  spread/skill   CRPS    with model error: RMSE / CRPS
-    ==========  ======  ======  ============  ======   ============================
-    SDA          0.169   0.138      0.87       0.083   (prior unchanged) 0.169 / 0.083
-    EnKS         0.078   0.097      1.25       0.038   0.207 / 0.121
-    4D-Var       0.076     –         –         0.042   0.186 / 0.131
-    BPF          0.373   0.010      0.03       0.274   0.814 / 0.573 (ESS min 1)
-    ==========  ======  ======  ============  ======   ============================
+    ==========  ======  ======  ============  ======   ===============================
+    SDA          0.176   0.116      0.68       0.088   (prior unchanged) 0.176 / 0.088
+    EnKS         0.078   0.098      1.25       0.040   0.218 / 0.124
+    4D-Var       0.082     –         –         0.042   0.198 / 0.133
+    BPF          0.588   0.027      0.04       0.401   1.228 / 0.874 (ESS min 1)
+    ==========  ======  ======  ============  ======   ===============================
 
-(``saturating``: same settings, 261 s at load ~10.) With the true model, SDA does NOT reach the
-EnKS's CRPS (sparse 0.040 against 0.025, saturating 0.083 against 0.038); with the perturbed
-model (anti-diffusion 1.1) it beats every baseline in both scenarios. Only 2 sets (not 8), and
-the EnKS inflation was not tuned (spread/skill 1.59 on ``sparse``: over-dispersed).
+With the true model, SDA does NOT reach the EnKS's CRPS (sparse 0.040 against 0.024, saturating
+0.088 against 0.040) and is under-dispersed (spread/skill 0.75 / 0.68); with the perturbed model
+it beats every baseline in both scenarios. The EnKS inflation (1.05) was not tuned (spread/skill
+1.67 on ``sparse``: over-dispersed); SDA ran 32 steps with C = 4 (not its defaults) to fit the CPU.
 
     python examples/kuramoto_sivashinsky.py                  # small: 2 sets, few draws (minutes)
     python examples/kuramoto_sivashinsky.py --full --model-error --json ks.json   # 8 sets

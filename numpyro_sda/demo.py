@@ -117,7 +117,8 @@ def run_demo(
     sda = SDA(model, **sda_settings(steps, corrections, guidance))
     results["SDA"] = sda.run(keys[1], prior, y=y, num_samples=num_samples)
     log(f"SDA ({sda.settings['guidance']}, {sda.settings['steps']} steps, "
-        f"C={sda.settings['corrections']}): {time.perf_counter() - t0:.1f} s")
+        f"C={sda.settings['corrections']} at t <= {sda.settings['correct_below']}): "
+        f"{time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     results["BPF"] = ParticleSmoother(model, num_particles=num_particles).run(
         keys[2], spun_up, y=y, num_samples=num_samples)

@@ -36,6 +36,7 @@ that names them (or fix them with :func:`numpyro.handlers.condition`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -57,6 +58,7 @@ from numpyro_sda.results import InferenceMethod
 from numpyro_sda.sampling import (
     SPACINGS,
     check_sampler_settings,
+    corrected_steps,
     diffusion_times,
     predictor_corrector,
     reverse_step,
@@ -84,10 +86,11 @@ class SDASettings:
     """The settings of :class:`SDA` (see its docstring)."""
 
     steps: int = 32
-    corrections: int = 32
+    corrections: int = 64
     tau: float = 0.25
     eta: float = 1.0
     spacing: str = "uniform"
+    correct_below: float = 0.25
     guidance: Guidance = DEFAULT_GUIDANCE
     bounds: Any = "auto"
     chunk_size: int = 1024
@@ -114,6 +117,8 @@ class SDASettings:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if self.spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        if not 0.0 < self.correct_below <= 1.0:
+            raise ValueError(f"correct_below must lie in (0, 1], got {self.correct_below}")
         object.__setattr__(self, "guidance", resolve(self.guidance))
         parallel.check_mesh(self.mesh)
         b = self.bounds
@@ -208,17 +213,22 @@ class SDA(InferenceMethod):
         model: a NumPyro model with exactly one :class:`TrajectoryPrior` sample site and at
             least one observed site.
         steps: number of reverse-diffusion (predictor) steps :math:`S`.
-        corrections: Langevin corrections :math:`C` per step. The default, 32, is the best
-            measured on the paper's Lorenz-63 protocol (8 observation sets x 1024 draws,
-            window-9 prior): "lo" W1 1.70x the particle floor against 2.08x for 16, spread/skill
-            0.99 against 1.12; "hi" 1.61x, spread/skill 1.05. Cost is proportional to
-            ``steps * (1 + corrections)``; 64 steps with C = 16 (same cost) measured 1.66x.
+        corrections: Langevin corrections :math:`C` per corrected step (see
+            ``correct_below``). The defaults, C = 64 on the steps that end at t <= 0.25 (9 of
+            32), are the best measured on the paper's Lorenz-63 protocol (8 observation sets,
+            window-9 prior; ``benchmarks/sampling.py``, CPU rows with 128 draws): W1 1.55x the
+            particle floor against 1.80x for the former default (C = 32 on every step),
+            spread/skill 0.88, at 62% of its cost. Cost is proportional to
+            ``steps + corrections * (corrected steps)``.
         tau: Langevin step size factor :math:`\tau`.
         eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see
             :func:`numpyro_sda.sampling.reverse_step`.
         spacing: the time grid of the reverse steps, ``"uniform"`` in :math:`t` or ``"edm"``
             (uniform in :math:`(\sigma/\mu)^{1/7}`, more steps at low noise); see
             :func:`numpyro_sda.sampling.diffusion_times`.
+        correct_below: the corrections run only on the steps that end at a diffusion time
+            :math:`t \le` ``correct_below`` (1: every step); the others are plain predictor
+            steps. See :func:`numpyro_sda.sampling.corrected_steps`.
         guidance: a :class:`~numpyro_sda.guidance.Guidance` (``MMPS(...)``,
             ``SDAGuidance(gamma)``, ``DPS(zeta)``) or its name as a shorthand with defaults.
         bounds: the box the guided denoiser is kept in: ``"auto"`` (the range of the prior's
@@ -268,6 +278,7 @@ class SDA(InferenceMethod):
         tau: float = SDASettings.tau,
         eta: float = SDASettings.eta,
         spacing: str = SDASettings.spacing,
+        correct_below: float = SDASettings.correct_below,
         guidance: Guidance | str = DEFAULT_GUIDANCE,
         bounds: Any = "auto",
         chunk_size: int = 1024,
@@ -287,7 +298,7 @@ class SDA(InferenceMethod):
         guidance = _legacy_guidance(guidance, gamma, zeta, cg_maxiter, cg_tol)
         settings = SDASettings(
             steps=steps, corrections=corrections, tau=float(tau), eta=float(eta),
-            spacing=spacing, guidance=guidance,
+            spacing=spacing, correct_below=float(correct_below), guidance=guidance,
             bounds=bounds, chunk_size=chunk_size, progress=bool(progress),
             predictive=bool(predictive), sparse_guidance=bool(sparse_guidance),
             gibbs_sweeps=gibbs_sweeps, slice_updates=slice_updates, gibbs_draws=gibbs_draws,
@@ -381,11 +392,11 @@ class SDA(InferenceMethod):
             rebound = _rebind(traced, args, kwargs)
             return rebound, obs0.rebind(rebound)
 
-        def step(xs, t, u, keys, dynamic):
+        def step(xs, t, u, keys, dynamic, corrections=s.corrections):
             _, obs = observation_model(dynamic)
             eps_y = self._guided(traced, obs, grad_states)
             return jax.vmap(lambda k, x: reverse_step(k, x, t, u, eps_y, prior.sde,
-                                                      s.corrections, s.tau, s.eta))(keys, xs)
+                                                      corrections, s.tau, s.eta))(keys, xs)
 
         box = self.box(prior)
 
@@ -443,9 +454,13 @@ class SDA(InferenceMethod):
             params0 = {k: jax.ShapeDtypeStruct((chunk * keep, *v.shape[1:]), v.dtype)
                        for k, v in params0.items()}
         else:
-            built["step"] = jax.jit(
-                step, in_shardings=(ds, rep, rep, ds, rep), out_shardings=ds,
-            ).lower(xs0, scalar, scalar, keys0, dyn0).compile()
+            corrected = corrected_steps(s.steps, s.correct_below, prior.sde, s.spacing)
+            variants = {s.corrections} | ({0} if not corrected.all() else set())
+            compiled = {c: jax.jit(
+                functools.partial(step, corrections=c), in_shardings=(ds, rep, rep, ds, rep),
+                out_shardings=ds,
+            ).lower(xs0, scalar, scalar, keys0, dyn0).compile() for c in variants}
+            built["steps"] = [compiled[s.corrections if ok else 0] for ok in corrected]
             params0 = {}
         built["diagnostics"] = jax.jit(
             diagnostics, in_shardings=(ds, rep, ds), out_shardings=ds,
@@ -536,7 +551,8 @@ class SDA(InferenceMethod):
                     if draws is not None:
                         xs, draw_keys = jax.device_put((xs, draw_keys), draws)
                     for i in range(s.steps):
-                        xs = built["step"](xs, times[i], times[i + 1], draw_keys[:, i + 1], dyn)
+                        xs = built["steps"][i](xs, times[i], times[i + 1], draw_keys[:, i + 1],
+                                               dyn)
                         parallel.block_interruptibly(xs)  # Ctrl-C is seen within one step
                         if bar is not None:
                             bar.update(1)
@@ -575,7 +591,9 @@ class SDA(InferenceMethod):
     def _num_model_evals(self, state: dict, num_samples: int) -> int:
         s = self.config
         sweeps = max(s.gibbs_sweeps, 1) if state["traced"].latent else 1
-        return num_samples * s.steps * (1 + s.corrections) * sweeps
+        corrected = int(corrected_steps(s.steps, s.correct_below, state["traced"].prior.sde,
+                                        s.spacing).sum())
+        return num_samples * (s.steps + s.corrections * corrected) * sweeps
 
     def _posterior_predictive(self, traced: TracedModel, rng_key: Array, samples: dict) -> dict:
         if not self.config.predictive:
@@ -693,7 +711,8 @@ class _Gibbs:
             params, _ = self.constrain(u)
             eps_y = self.sda._guided(traced, obs, self.grad_states, params)
             x = predictor_corrector(kx, eps_y, prior.event_shape, prior.sde, s.steps,
-                                    s.corrections, s.tau, eta=s.eta, spacing=s.spacing)
+                                    s.corrections, s.tau, eta=s.eta, spacing=s.spacing,
+                                    correct_below=s.correct_below)
 
             def update(u, kk):
                 keys = jax.random.split(kk, u.size)

@@ -337,10 +337,10 @@ def test_chunks_nonlinear_operator_and_cache(lg):
     assert xs.shape == (10, L, D) and bool(jnp.all(jnp.isfinite(xs)))
     assert not bool(jnp.any(out.sample_stats["diverging"]))
     assert out.posterior_predictive["obs_sq"].shape == (10, 4)
-    first = next(iter(sda._cache.values()))["step"]
+    first = next(iter(sda._cache.values()))["steps"][0]
     out2 = sda.run(jax.random.key(8), lg["prior"], y=y * 1.1, num_samples=6)
     # same shapes, new observed values: no recompilation
-    assert next(iter(sda._cache.values()))["step"] is first
+    assert next(iter(sda._cache.values()))["steps"][0] is first
     assert not np.allclose(out2.get_samples()["state"][:6], xs[:6])
     # old-style uint32 keys are accepted
     sda.run(jax.random.PRNGKey(0), lg["prior"], y=y, num_samples=4)

@@ -99,3 +99,39 @@ def test_time_grids():
     assert 0 < float(diffusion_times(32, spacing="edm")[-2]) < 0.1 / 32
     with pytest.raises(ValueError, match="spacing"):
         diffusion_times(8, spacing="log")
+
+
+def test_correct_below_limits_the_corrections_to_the_low_noise_steps():
+    """``correct_below`` corrects only the steps ending at t <= its value: the schedule is the
+    last ones; with the whole range it is the plain sampler (same key, same draws); a range
+    without steps equals C = 0; half the range changes the draws and keeps them exact enough on
+    a Gaussian (tau small, as in the moments test); the SDA class counts its evaluations."""
+    from numpyro_sda.sampling import corrected_steps
+
+    mask = corrected_steps(8, 0.5)
+    np.testing.assert_array_equal(mask, [False] * 3 + [True] * 5)  # ends 7/8 ... 0/8
+    assert corrected_steps(8, 1.0).all()
+    with pytest.raises(ValueError, match="correct_below"):
+        corrected_steps(8, 0.0)
+    rng = np.random.default_rng(0)
+    n = 6
+    B = rng.normal(size=(n, n)) / np.sqrt(n)
+    cov = jnp.asarray(B @ B.T + 0.1 * np.eye(n), jnp.float32)
+    mean = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
+    sde = VPSDE()
+    eps = _gaussian_eps(mean, cov, sde)
+
+    def draw(num=2000, **kw):
+        return np.asarray(jax.jit(lambda k: sample_trajectories(
+            k, eps, num, (3, 2), sde, steps=32, tau=1e-3, **kw))(jax.random.PRNGKey(1)))
+
+    full = draw(corrections=2)
+    np.testing.assert_array_equal(full, draw(corrections=2, correct_below=1.0))
+    # the last step ends at t = 0, so the smallest range still corrects that one step only
+    np.testing.assert_array_equal(corrected_steps(32, 1e-4), [False] * 31 + [True])
+    half = draw(corrections=2, correct_below=0.5)
+    assert not np.allclose(half, full)
+    flat = half.reshape(len(half), -1)
+    sd = np.sqrt(np.diag(np.asarray(cov)))
+    assert np.all(np.abs(flat.std(0) / sd - 1) < 0.1)
+    assert np.all(np.abs(flat.mean(0) - np.asarray(mean).reshape(-1)) < 0.1 * sd + 0.02)

@@ -216,9 +216,10 @@ class SDA(InferenceMethod):
         corrections: Langevin corrections :math:`C` per corrected step (see
             ``correct_below``). The defaults, C = 64 on the steps that end at t <= 0.25 (9 of
             32), are the best measured on the paper's Lorenz-63 protocol (8 observation sets,
-            window-9 prior; ``benchmarks/sampling.py``, CPU rows with 128 draws): W1 1.55x the
-            particle floor against 1.80x for the former default (C = 32 on every step),
-            spread/skill 0.88, at 62% of its cost. Cost is proportional to
+            window-9 prior; ``benchmarks/sampling.py``, CPU rows with 128 draws): "lo" W1
+            1.55x the particle floor against 1.80x for the former default (C = 32 on every
+            step), spread/skill 0.88, at 58% of its network evaluations; on "hi" C = 32 at the
+            same steps does a little better (1.70x against 1.78x). Cost is proportional to
             ``steps + corrections * (corrected steps)``.
         tau: Langevin step size factor :math:`\tau`.
         eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see

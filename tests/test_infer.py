@@ -56,6 +56,21 @@ def mmps_run(lg):
     return sda.run(jax.random.key(3), lg["prior"], y=lg["y"], mask=lg["mask"], num_samples=1024)
 
 
+def assert_matches_rts(xs, lg, label: str):
+    """Draws ``xs`` (N, L, D) against the RTS smoother: every element's mean within 4 Monte-Carlo
+    standard errors, its std within 4/sqrt(2N) + 3% (see test_mmps_reproduces_rts_smoother)."""
+    n = xs.shape[0]
+    rm = np.asarray(lg["ref"].mean)
+    rs = np.sqrt(np.diagonal(np.asarray(lg["ref"].cov), axis1=1, axis2=2))
+    z_mean = np.abs(xs.mean(0) - rm) / (rs / np.sqrt(n))
+    rel_std = np.abs(xs.std(0) / rs - 1.0)
+    print(f"\n{label} vs RTS: max |mean err| = {z_mean.max():.2f} MC s.e.; "
+          f"max |std/std_ref - 1| = {rel_std.max():.3f}")
+    assert z_mean.max() < 4.0
+    assert rel_std.max() < 4.0 / np.sqrt(2 * n) + 0.03
+    return rs
+
+
 def test_mmps_reproduces_rts_smoother(lg, mmps_run):
     """Exactness: Gaussian prior, linear Gaussian observations with a gap.
 
@@ -65,14 +80,7 @@ def test_mmps_reproduces_rts_smoother(lg, mmps_run):
     """
     xs = np.asarray(mmps_run.get_samples()["x"], np.float64)
     n = xs.shape[0]
-    rm = np.asarray(lg["ref"].mean)
-    rs = np.sqrt(np.diagonal(np.asarray(lg["ref"].cov), axis1=1, axis2=2))
-    z_mean = np.abs(xs.mean(0) - rm) / (rs / np.sqrt(n))
-    rel_std = np.abs(xs.std(0) / rs - 1.0)
-    print(f"\nmmps vs RTS: max |mean err| = {z_mean.max():.2f} MC s.e.; "
-          f"max |std/std_ref - 1| = {rel_std.max():.3f}")
-    assert z_mean.max() < 4.0
-    assert rel_std.max() < 4.0 / np.sqrt(2 * n) + 0.03
+    rs = assert_matches_rts(xs, lg, "mmps")
     # the observed stretches are far sharper than the prior: the guidance really acts
     assert rs[0, 0] < 0.2 * np.sqrt(lg["P"][0, 0])
     assert mmps_run.prior_site == "x"
@@ -494,15 +502,7 @@ def test_edm_spacing_through_sda_matches_rts(lg):
     assert edm.config.spacing == "edm"
     xs = np.asarray(edm.run(jax.random.key(3), lg["prior"], y=lg["y"], mask=lg["mask"],
                             num_samples=1024).get_samples()["x"], np.float64)
-    n = xs.shape[0]
-    rm = np.asarray(lg["ref"].mean)
-    rs = np.sqrt(np.diagonal(np.asarray(lg["ref"].cov), axis1=1, axis2=2))
-    z_mean = np.abs(xs.mean(0) - rm) / (rs / np.sqrt(n))
-    rel_std = np.abs(xs.std(0) / rs - 1.0)
-    print(f"\nedm grid, 128 steps: max |mean err| = {z_mean.max():.2f} MC s.e.; "
-          f"max |std/std_ref - 1| = {rel_std.max():.3f}")
-    assert z_mean.max() < 4.0
-    assert rel_std.max() < 4.0 / np.sqrt(2 * n) + 0.03
+    assert_matches_rts(xs, lg, "edm grid, 128 steps")
     uniform = SDA(gap_model, **kw).run(jax.random.key(3), lg["prior"], y=lg["y"],
                                        mask=lg["mask"], num_samples=8)
     assert not np.allclose(np.asarray(uniform.get_samples()["x"]), xs[:8])

@@ -141,9 +141,7 @@ def diffusion_times(steps: int, dtype=jnp.float32, sde: VPSDE | None = None,
     import numpy as np
 
     sde = VPSDE() if sde is None else sde
-    dense = np.linspace(0.0, 1.0, 100_001)
-    with jax.ensure_compile_time_eval():  # a constant grid, also when called under jit
-        ratio = np.asarray(sde.sigma(dense) / sde.mu(dense), np.float64)  # increasing in t
+    dense, ratio = sde.ratio_table(100_001)  # a constant grid, also when called under jit
     lo, hi = ratio[0] ** (1 / rho), ratio[-1] ** (1 / rho)
     target = (hi + np.linspace(0.0, 1.0, steps + 1) * (lo - hi)) ** rho
     t = np.interp(np.log(target), np.log(ratio), dense)

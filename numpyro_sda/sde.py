@@ -73,6 +73,18 @@ class VPSDE:
         """Tweedie's denoiser :math:`\\hat{x} = (x_t - \\sigma(t) \\varepsilon) / \\mu(t)`."""
         return (x_t - self.sigma(t) * eps) / self.mu(t)
 
+    def ratio_table(self, points: int):
+        r"""The noise-to-signal ratio :math:`\sigma(t)/\mu(t)` on ``points`` equally spaced
+        times of :math:`[0, 1]`, as NumPy float64 arrays ``(t, ratio)`` (increasing in
+        :math:`t`), computed eagerly also under :func:`jax.jit`: the table from which time grids
+        and time samplers map a ratio back to :math:`t`."""
+        import numpy as np
+
+        t = np.linspace(0.0, 1.0, points)
+        with jax.ensure_compile_time_eval():
+            ratio = np.asarray(self.sigma(t) / self.mu(t), np.float64)
+        return t, ratio
+
     def score(self, t: Array | float, eps: Array) -> Array:
         """The score :math:`\\nabla \\log p(x_t) = -\\varepsilon / \\sigma(t)`."""
         return -eps / self.sigma(t)

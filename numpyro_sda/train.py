@@ -177,10 +177,8 @@ def sample_times(key: Array, n: int, sde, how: str = "uniform", dtype=jnp.float3
         return t
     import numpy as np
 
-    dense = np.linspace(0.0, 1.0, 4097)
-    with jax.ensure_compile_time_eval():
-        log_ratio = np.log(np.asarray(sde.sigma(dense) / sde.mu(dense), np.float64))
-    log_ratio = np.maximum.accumulate(log_ratio)  # monotone for interpolation
+    dense, ratio = sde.ratio_table(4097)
+    log_ratio = np.maximum.accumulate(np.log(ratio))  # monotone for interpolation
     u = jax.random.uniform(k2, (n,), jnp.float32, log_ratio[0], log_ratio[-1])
     t_log = jnp.interp(u, jnp.asarray(log_ratio, jnp.float32), jnp.asarray(dense, jnp.float32))
     half = jnp.arange(n) % 2 == 1

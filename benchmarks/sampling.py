@@ -116,6 +116,20 @@ CONFIGS = {
     "w9-c32-below0.125": ("lorenz63_window9", dict(corrections=32, correct_below=0.125)),
     "w9-c128-below0.25": ("lorenz63_window9", dict(corrections=128, correct_below=0.25)),
     "w9-c64-below0.125": ("lorenz63_window9", dict(corrections=64, correct_below=0.125)),
+    # strided composition (TrajectoryPrior(stride=...)): a third entry holds prior options
+    "w9-s3-c64-below0.25": ("lorenz63_window9", dict(corrections=64, correct_below=0.25),
+                            dict(stride=3)),
+    "w9-s2-c64-below0.25": ("lorenz63_window9", dict(corrections=64, correct_below=0.25),
+                            dict(stride=2)),
+    "w9-s3-c128-below0.25": ("lorenz63_window9", dict(corrections=128, correct_below=0.25),
+                             dict(stride=3)),
+    # averaged composition (TrajectoryPrior(average=...))
+    "w9-avg1-c64-below0.25": ("lorenz63_window9", dict(corrections=64, correct_below=0.25),
+                              dict(average=1)),
+    "w9-avg1-c32-below0.25": ("lorenz63_window9", dict(corrections=32, correct_below=0.25),
+                              dict(average=1)),
+    "w9-avg2-c64-below0.25": ("lorenz63_window9", dict(corrections=64, correct_below=0.25),
+                              dict(average=2)),
 }
 
 
@@ -131,9 +145,10 @@ def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str 
     ``prior_name`` replaces the configuration's prior (a shipped name or a file); ``gt_draws``
     scores against a ground truth of that many draws (default ``draws``): with fewer SDA draws
     than ground-truth draws W1 is biased upwards (compare such rows with each other only)."""
-    score_name, settings = CONFIGS[name]
+    score_name, settings, *prior_options = CONFIGS[name]
+    prior_kwargs = prior_options[0] if prior_options else {}
     score_name = prior_name or score_name
-    prior = TrajectoryPrior(load_prior(score_name), length=protocol.LENGTH)
+    prior = TrajectoryPrior(load_prior(score_name), length=protocol.LENGTH, **prior_kwargs)
     rows, sda = [], None
     for i in range(sets):
         case = protocol.case(scenario, i, num_draws=gt_draws or draws)

@@ -59,6 +59,14 @@ class TrajectoryPrior(dist.Distribution):
         corrections: Langevin corrections per step used by :meth:`sample`.
         tau: Langevin step size factor used by :meth:`sample`.
         log_prob_steps: Heun steps of the probability-flow ODE in :meth:`log_prob`.
+        stride: for a ``LocalScore``, compose the trajectory score from every ``stride``-th
+            window only (:mod:`numpyro_sda.score`, "strided composition"): about ``1/stride``
+            of the network cost, each state at least ``k - stride // 2`` states from the edge
+            of the window that scores it. ``1`` (default) is the paper's composition.
+        average: for a ``LocalScore``, each state averages the outputs of the windows in which
+            it sits within ``average`` states of the centre (:mod:`numpyro_sda.score`,
+            "averaged composition"; needs ``stride=1``). ``0`` (default) is the paper's
+            composition.
 
     Raises:
         ValueError: when ``length`` is shorter than a local score's window, when
@@ -71,7 +79,7 @@ class TrajectoryPrior(dist.Distribution):
     pytree_data_fields = ()
     pytree_aux_fields = (
         "eps", "score", "length", "state_shape", "sde", "steps", "corrections", "tau",
-        "log_prob_steps",
+        "log_prob_steps", "stride", "average",
     )
 
     def __init__(
@@ -85,6 +93,8 @@ class TrajectoryPrior(dist.Distribution):
         tau: float = 0.25,
         log_prob_steps: int = 128,
         *,
+        stride: int = 1,
+        average: int = 0,
         validate_args: bool | None = None,
     ) -> None:
         if isinstance(length, bool) or not float(length).is_integer():
@@ -118,9 +128,14 @@ class TrajectoryPrior(dist.Distribution):
                 )
             sde = trained if sde is None else sde
             self.score = eps
-            eps = eps.eps_fn()
+            eps = eps.eps_fn(stride=stride, average=average)
         elif not callable(eps):
             raise TypeError(f"eps must be a callable eps(x, t) or a LocalScore, got {type(eps)}")
+        elif stride != 1 or average != 0:
+            raise ValueError(
+                f"stride={stride!r} and average={average!r} compose a LocalScore's windows; eps "
+                "is a plain callable (it scores whole trajectories), so leave them at 1 and 0"
+            )
         if state_shape is None:
             raise ValueError(
                 "state_shape is required when eps is a plain callable, e.g. "
@@ -137,6 +152,8 @@ class TrajectoryPrior(dist.Distribution):
         self.corrections = int(corrections)
         self.tau = float(tau)
         self.log_prob_steps = int(log_prob_steps)
+        self.stride = int(stride)
+        self.average = int(average)
         if self.log_prob_steps < 1:
             raise ValueError(f"log_prob_steps must be >= 1, got {log_prob_steps}")
         super().__init__(
@@ -156,7 +173,7 @@ class TrajectoryPrior(dist.Distribution):
         mask = np.asarray(grad_states, bool)
         if mask.shape != (self.length,):
             raise ValueError(f"grad_states must have shape ({self.length},), got {mask.shape}")
-        return self.score.eps_fn(mask)
+        return self.score.eps_fn(mask, stride=self.stride, average=self.average)
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
         """Unconditional trajectories by predictor–corrector reverse diffusion (float32)."""
@@ -189,7 +206,9 @@ class TrajectoryPrior(dist.Distribution):
     def __repr__(self) -> str:
         return (
             f"TrajectoryPrior(length={self.length}, state_shape={self.state_shape}, "
-            f"sde={self.sde}, steps={self.steps}, corrections={self.corrections}, tau={self.tau})"
+            f"sde={self.sde}, steps={self.steps}, corrections={self.corrections}, tau={self.tau}"
+            + (f", stride={self.stride}" if self.stride != 1 else "")
+            + (f", average={self.average}" if self.average else "") + ")"
         )
 
 

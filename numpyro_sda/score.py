@@ -15,7 +15,33 @@ the noise of a window; the noise prediction of the trajectory takes, for state :
           \varepsilon_\phi(x_{L-2k:L}, t)_{i - L + 2k + 1} & i > L - k.
           \end{cases}
 
-All :math:`L - 2k` windows go through the network in one batched call. The kernel is either a
+All :math:`L - 2k` windows go through the network in one batched call.
+
+**Strided composition** (``stride`` :math:`s > 1`, an option of this library, not of the paper):
+only windows starting at :math:`0, s, 2s, \dots` (and the last window, starting at :math:`L - 2k
+- 1`) are evaluated, :math:`\lceil (L - 2k - 1)/s \rceil + 1` windows instead of :math:`L - 2k`, and
+state :math:`i` takes the output of the window whose centre is nearest to it (the earlier window on
+a tie). Every interior state then keeps at least :math:`k - \lfloor s/2 \rfloor` states of
+context on each side, so the approximation lies between the window-:math:`(2k + 1)` and the window-:math:`(2(k -
+\lfloor s/2 \rfloor) + 1)` compositions, at about :math:`1/s` of the network cost. ``stride=1``
+is the composition above, exactly.
+
+**Averaged composition** (``average`` :math:`a > 0`, also this library's): all windows are
+evaluated, and state :math:`i` averages the outputs of the windows in which it sits at offset
+:math:`k - a, \dots, k + a` from their start, i.e. with at least :math:`k - a` states of context
+on each side:
+
+.. math:: \varepsilon(x_{1:L}, t)_i = \frac{1}{|J_i|} \sum_{j \in J_i}
+          \varepsilon_\phi(x_{j:j+2k}, t)_{i - j}, \qquad
+          J_i = \{j : |i - j - k| \le a,\ 0 \le j \le L - 2k - 1\}
+
+(the first and last states, for which :math:`J_i` is empty, keep the composition above). For an
+exact Markov score the off-centre outputs are slightly worse approximations; for a learned one
+they carry partly independent errors, which the average reduces. The network cost is that of
+the paper's composition; a sparse guidance gradient needs :math:`2a + 1` windows per observed
+state instead of one.
+
+The kernel is either a
 :class:`~numpyro_sda.nets.ResMLP` on flattened windows (low-dimensional states) or a
 :class:`~numpyro_sda.nets.UNet` on windows stacked as channels (fields with state shape
 ``(channels, *spatial)``, channel-first; optional constant context channels such as a forcing).
@@ -23,6 +49,7 @@ All :math:`L - 2k` windows go through the network in one batched call. The kerne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +63,7 @@ from jax import Array
 from numpyro_sda.nets import PRECISIONS, ResMLP, TimeEmbedding, UNet, _as_rngs, set_precision
 from numpyro_sda.sde import VPSDE
 
-__all__ = ["LocalScore", "Constant", "unfold", "fold"]
+__all__ = ["LocalScore", "Constant", "Composition", "unfold", "fold", "composition"]
 
 
 class Constant(nnx.Variable):
@@ -54,21 +81,116 @@ def fold(e: Array, k: int) -> Array:
     return jnp.concatenate([e[0, :k], e[:, k], e[-1, k + 1 :]], axis=0)
 
 
-def windows_of_states(states: np.ndarray, window: int) -> np.ndarray:
-    """Which windows produce the composed outputs of ``states`` (boolean ``(L,)`` -> ``(L - 2k,)``).
+@dataclasses.dataclass(frozen=True)
+class Composition:
+    r"""Which windows a composed trajectory score evaluates, and how it combines their outputs.
 
-    Interior state :math:`i` takes the centre of window :math:`i - k`; the first :math:`k` states
-    come from window 0 and the last :math:`k` from the last window (see :func:`fold`).
+    Fields (NumPy, fixed at trace time): ``starts`` ``(n,)``, the first state of each evaluated
+    window; ``which``, ``offset`` and ``weight`` ``(L, m)``: state :math:`i`'s output is
+    :math:`\sum_r w_{ir}\, e[\text{which}_{ir}, \text{offset}_{ir}]` for the window outputs
+    :math:`e` of shape ``(n, window, ...)`` (:meth:`apply`); the weights of a state sum to 1
+    (``m = 1`` and weight 1 unless outputs are averaged).
     """
+
+    starts: np.ndarray
+    which: np.ndarray
+    offset: np.ndarray
+    weight: np.ndarray
+
+    def apply(self, e: Array) -> Array:
+        """Compose window outputs ``(n, window, *s)`` into a trajectory's ``(L, *s)``."""
+        out = e[self.which[:, 0], self.offset[:, 0]]
+        if self.which.shape[1] == 1:
+            return out
+        shape = (-1,) + (1,) * (e.ndim - 2)
+        out = out * jnp.asarray(self.weight[:, 0], e.dtype).reshape(shape)
+        for r in range(1, self.which.shape[1]):
+            w = jnp.asarray(self.weight[:, r], e.dtype).reshape(shape)
+            out = out + w * e[self.which[:, r], self.offset[:, r]]
+        return out
+
+    def windows_of(self, states: np.ndarray) -> np.ndarray:
+        """Boolean ``(n,)``: the evaluated windows that the outputs of ``states`` (boolean
+        ``(L,)``) depend on."""
+        states = np.asarray(states, bool)
+        out = np.zeros(self.starts.shape[0], bool)
+        used = self.which[states][self.weight[states] > 0]
+        out[used] = True
+        return out
+
+
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+    return int(value)
+
+
+def composition(length: int, window: int, stride: int = 1, average: int = 0) -> Composition:
+    r"""The composition of a trajectory score from window outputs (see the module docstring).
+
+    ``stride=1, average=0`` is the paper's (:func:`fold`): all :math:`L - 2k` windows, the centre
+    output for interior states. ``stride`` :math:`s`: windows starting at :math:`0, s, 2s, \dots`
+    and the last one, each state from the window whose centre is nearest (the first on a tie).
+    ``average`` :math:`a` (with ``stride=1``): each state averages the outputs of every window in
+    which it sits at offset :math:`k - a, \dots, k + a` (the first and last states, which have
+    none, keep the paper's choice).
+    """
+    stride = _check_count(stride, "stride", 1)
+    average = _check_count(average, "average", 0)
     k = window // 2
-    length = states.shape[0]
+    if stride > k + 1:
+        raise ValueError(
+            f"stride {stride} leaves states without context: with windows of {window} states it "
+            f"must be at most {k + 1} (k + 1)"
+        )
+    if average > k:
+        raise ValueError(f"average must be at most k = {k} for windows of {window} states, "
+                         f"got {average}")
+    if average and stride != 1:
+        raise ValueError(f"average={average} needs stride=1 (every window), got stride={stride}")
     if length < window:
         raise ValueError(f"the window ({window} states) is longer than the trajectory ({length})")
-    n = length - 2 * k
-    idx = np.clip(np.arange(length) - k, 0, n - 1)
-    out = np.zeros(n, bool)
-    out[idx[states]] = True
-    return out
+    last = length - window
+    starts = np.arange(0, last + 1, stride)
+    if starts[-1] != last:
+        starts = np.append(starts, last)
+    states = np.arange(length)
+    nearest = np.argmin(np.abs(states[:, None] - (starts + k)[None, :]), axis=1)
+    if not average:
+        one = np.ones((length, 1), np.float32)
+        return Composition(starts, nearest[:, None], (states - starts[nearest])[:, None], one)
+    m = 2 * average + 1
+    which = np.zeros((length, m), np.int64)
+    offset = np.zeros((length, m), np.int64)
+    weight = np.zeros((length, m), np.float32)
+    for i in range(length):
+        pairs = [(i - o, o) for o in range(k - average, k + average + 1) if 0 <= i - o <= last]
+        if not pairs:
+            pairs = [(int(nearest[i]), int(i - starts[nearest[i]]))]
+        for r, (j, o) in enumerate(pairs):
+            which[i, r], offset[i, r], weight[i, r] = j, o, 1.0 / len(pairs)
+    return Composition(starts, which, offset, weight)
+
+
+def windows_of_states(states: np.ndarray, window: int, stride: int = 1,
+                      average: int = 0) -> np.ndarray:
+    """Which evaluated windows produce the composed outputs of ``states`` (boolean ``(L,)`` ->
+    ``(n,)``, with ``n = L - 2k`` windows for ``stride=1``; see :func:`composition`).
+
+    With the paper's composition, interior state :math:`i` takes the centre of window
+    :math:`i - k`; the first :math:`k` states come from window 0 and the last :math:`k` from the
+    last window (see :func:`fold`).
+    """
+    states = np.asarray(states, bool)
+    return composition(states.shape[0], window, stride, average).windows_of(states)
+
+
+def _unfold_at(x: Array, starts: np.ndarray, window: int) -> Array:
+    """Windows of ``window`` states starting at ``starts``: ``(L, *s) -> (n, window, *s)``."""
+    if starts.shape[0] == x.shape[0] - window + 1:
+        return unfold(x, window)
+    return jnp.stack([x[starts + j] for j in range(window)], axis=1)
 
 
 #: "auto" chunking keeps the estimated saved activations of one trajectory's chunk below this on
@@ -467,12 +589,13 @@ class LocalScore(nnx.Module):
         if jnp.ndim(t) != 0:
             raise ValueError(f"t must be a scalar, got shape {jnp.shape(t)}")
 
-    def __call__(self, x: Array, t: Array | float) -> Array:
-        """Composed noise prediction of ONE trajectory ``x`` ``(length, *state_shape)``."""
+    def __call__(self, x: Array, t: Array | float, *, stride: int = 1, average: int = 0) -> Array:
+        """Composed noise prediction of ONE trajectory ``x`` ``(length, *state_shape)``
+        (``stride``, ``average``: see :func:`composition`)."""
         x = jnp.asarray(x)
         self._check_trajectory(x, t)
-        windows = unfold(x, self.window)
-        return fold(self.local(windows, t), self.order)
+        plan = composition(x.shape[0], self.window, stride, average)
+        return plan.apply(self.local(_unfold_at(x, plan.starts, self.window), t))
 
     def eps_fn(
         self,
@@ -480,6 +603,8 @@ class LocalScore(nnx.Module):
         *,
         chunk: int | str | None = "auto",
         remat: bool | None = None,
+        stride: int = 1,
+        average: int = 0,
     ) -> Callable[[Array, Array], Array]:
         r"""A pure function ``eps(x, t)`` (one trajectory, scalar ``t``) with frozen weights.
 
@@ -504,12 +629,21 @@ class LocalScore(nnx.Module):
                 :func:`activation_bytes`): MLP scores and short trajectories stay unchunked; on
                 CPU a 64x64x127-state Kolmogorov trajectory with the paper's UNet gets 4 chunks
                 of 31 windows.
+            stride: evaluate every ``stride``-th window only (see the module docstring):
+                about ``1/stride`` of the network cost, each state at least
+                ``k - stride // 2`` states from its window's edges. ``1``: the paper's
+                composition.
+            average: each state averages the outputs of the windows in which it sits within
+                ``average`` states of the centre (needs ``stride=1``; see :func:`composition`):
+                the same network cost, the network's errors averaged over ``2 * average + 1``
+                windows. ``0``: the paper's composition.
             remat: rematerialise each chunk in the backward pass (:func:`jax.checkpoint`: only
                 the chunk's input windows are saved; the forward is recomputed). Default: on
                 when the windows are chunked. Values and gradients are unchanged.
         """
         graphdef, state = nnx.split(self)
-        window, order, config = self.window, self.order, self.config
+        window, config = self.window, self.config
+        composition(window, window, stride, average)  # validates stride and average early
 
         def run(module: LocalScore, w: Array, t: Array, differentiable: bool) -> Array:
             size = _chunk_size(config, w, chunk)
@@ -524,14 +658,16 @@ class LocalScore(nnx.Module):
                 module = nnx.merge(graphdef, state)
                 x = jnp.asarray(x)
                 module._check_trajectory(x, t)
-                return fold(run(module, unfold(x, window), t, True), order)
+                plan = composition(x.shape[0], window, stride, average)
+                return plan.apply(run(module, _unfold_at(x, plan.starts, window), t, True))
 
             return eps
 
-        active = windows_of_states(np.asarray(grad_states, bool), self.window)
+        length = len(grad_states)
+        plan = composition(length, window, stride, average)
+        active = plan.windows_of(np.asarray(grad_states, bool))
         act, inact = np.flatnonzero(active), np.flatnonzero(~active)
         perm = np.argsort(np.concatenate([act, inact]))
-        length = len(grad_states)
 
         def eps_sparse(x: Array, t: Array) -> Array:
             if x.shape[0] != length:
@@ -539,13 +675,13 @@ class LocalScore(nnx.Module):
                     f"this eps was built for trajectories of {length} states, got {x.shape[0]}"
                 )
             module = nnx.merge(graphdef, state)
-            w = unfold(x, window)
+            w = _unfold_at(x, plan.starts, window)
             parts = []
             if act.size:
                 parts.append(run(module, w[act], t, True))
             if inact.size:
                 parts.append(run(module, jax.lax.stop_gradient(w[inact]), t, False))
-            return fold(jnp.concatenate(parts)[perm], order)
+            return plan.apply(jnp.concatenate(parts)[perm])
 
         return eps_sparse
 
@@ -558,10 +694,13 @@ class LocalScore(nnx.Module):
         steps: int = 256,
         corrections: int = 0,
         tau: float = 0.25,
+        stride: int = 1,
+        average: int = 0,
     ) -> Array:
         """Unconditional trajectories ``(num_samples, length, *state_shape)`` from the composed
-        prior by predictor-corrector reverse diffusion (:mod:`numpyro_sda.sampling`), compiled
-        as one :func:`jax.jit` call and vmapped over samples."""
+        prior (``stride``, ``average``: see :func:`composition`) by predictor-corrector reverse diffusion
+        (:mod:`numpyro_sda.sampling`), compiled as one :func:`jax.jit` call and vmapped over
+        samples."""
         from numpyro_sda.sampling import sample_trajectories
 
         if any(s is None for s in self.state_shape):
@@ -574,7 +713,7 @@ class LocalScore(nnx.Module):
                 f"the window ({self.window} states) is longer than the trajectory ({length})"
             )
         shape = (int(length), *self.state_shape)
-        eps, sde = self.eps_fn(), self.sde
+        eps, sde = self.eps_fn(stride=stride, average=average), self.sde
 
         @jax.jit
         def run(k):

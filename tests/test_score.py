@@ -28,6 +28,92 @@ def brute_force(score: LocalScore, x, t):
     return out
 
 
+def brute_force_strided(score: LocalScore, x, t, stride: int):
+    """Strided composition by a loop: windows at 0, s, 2s, ... and the last one; each state
+    takes the window whose centre is nearest (the first on a tie)."""
+    k, w, length = score.order, score.window, x.shape[0]
+    starts = list(range(0, length - w + 1, stride))
+    if starts[-1] != length - w:
+        starts.append(length - w)
+    local = jax.jit(score.local)
+    outs = [np.asarray(local(x[None, s : s + w], jnp.array([t]))[0]) for s in starts]
+    out = np.zeros(x.shape, np.float32)
+    for i in range(length):
+        best = min(range(len(starts)), key=lambda j: (abs(i - starts[j] - k), j))
+        out[i] = outs[best][i - starts[best]]
+    return out
+
+
+@pytest.mark.parametrize("length,stride", [(12, 2), (13, 3), (20, 3), (7, 2)])
+def test_strided_composition_equals_window_loop(length, stride):
+    score = LocalScore.mlp(3, window=5, hidden=32, depth=2, rngs=1)
+    x = jax.random.normal(jax.random.key(length), (length, 3))
+    composed = jax.jit(score.eps_fn(stride=stride))(x, 0.3)
+    np.testing.assert_allclose(composed, brute_force_strided(score, x, 0.3, stride),
+                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda z: score(z, 0.3, stride=stride))(x), composed,
+                               atol=1e-6, rtol=1e-6)
+    # the strided composition is a different approximation: it differs from stride 1
+    assert not np.allclose(composed, jax.jit(score.eps_fn())(x, 0.3), atol=1e-3)
+
+
+def brute_force_averaged(score: LocalScore, x, t, average: int):
+    """Averaged composition by a loop over states and windows."""
+    k, w, length = score.order, score.window, x.shape[0]
+    local = jax.jit(score.local)
+    outs = [np.asarray(local(x[None, j : j + w], jnp.array([t]))[0]) for j in range(length - w + 1)]
+    out = np.zeros(x.shape, np.float32)
+    for i in range(length):
+        js = [j for j in range(length - w + 1) if abs(i - j - k) <= average]
+        if js:
+            out[i] = np.mean([outs[j][i - j] for j in js], axis=0)
+        else:  # the first / last states: the paper's choice
+            out[i] = brute_force(score, x, t)[i]
+    return out
+
+
+@pytest.mark.parametrize("length,average", [(12, 1), (20, 2), (9, 1)])
+def test_averaged_composition_equals_window_loop_and_sparse_gradient(length, average):
+    from numpyro_sda.score import composition
+
+    score = LocalScore.mlp(3, window=5, hidden=32, depth=2, rngs=1)
+    x = jax.random.normal(jax.random.key(length), (length, 3))
+    t = jnp.float32(0.3)
+    dense = score.eps_fn(average=average)
+    np.testing.assert_allclose(jax.jit(dense)(x, t), brute_force_averaged(score, x, 0.3, average),
+                               atol=1e-5, rtol=1e-5)
+    # sparse gradients through the 2a + 1 windows of each observed state are exact
+    mask = np.zeros(length, bool)
+    mask[[1, length // 2]] = True
+    sparse = score.eps_fn(mask, average=average)
+    assert composition(length, 5, average=average).windows_of(mask).sum() < length - 4
+    np.testing.assert_allclose(sparse(x, t), dense(x, t), rtol=1e-5, atol=1e-6)
+    cot = jax.random.normal(jax.random.key(1), (length, 3)) * mask[:, None]
+    g_dense = jax.vjp(lambda z: dense(z, t), x)[1](cot)[0]
+    g_sparse = jax.vjp(lambda z: sparse(z, t), x)[1](cot)[0]
+    np.testing.assert_allclose(g_sparse, g_dense, rtol=1e-4, atol=1e-5)
+    prior = nsda.TrajectoryPrior(score, length=length, average=average)
+    np.testing.assert_allclose(prior.eps_for_guidance(mask)(x, t), dense(x, t), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_stride_errors():
+    score = LocalScore.mlp(3, window=5, hidden=8, depth=1)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="stride must be a positive integer"):
+            score.eps_fn(stride=bad)
+    with pytest.raises(ValueError, match="at most 3"):
+        score.eps_fn(stride=4)
+    with pytest.raises(ValueError, match="plain callable"):
+        nsda.TrajectoryPrior(lambda x, t: x, length=8, state_shape=(3,), stride=2)
+    with pytest.raises(ValueError, match="average must be a non-negative integer"):
+        score.eps_fn(average=-1)
+    with pytest.raises(ValueError, match="average must be at most k = 2"):
+        score.eps_fn(average=3)
+    with pytest.raises(ValueError, match="needs stride=1"):
+        nsda.TrajectoryPrior(score, length=8, stride=2, average=1)
+
+
 @pytest.mark.parametrize("length", [5, 6, 12])
 def test_composition_equals_window_loop_mlp(length):
     score = LocalScore.mlp(3, window=5, hidden=32, depth=2, rngs=1)
@@ -137,13 +223,16 @@ def test_pretrained_unconditional_samples_have_realistic_transitions(lorenz):
 
 
 @pytest.mark.parametrize("observed", [[0, 8, 16], [1, 10, 19], [2], list(range(20))])
-def test_sparse_gradient_eps_is_exact_for_observed_cotangents(observed):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sparse_gradient_eps_is_exact_for_observed_cotangents(observed, stride):
     """eps_fn(grad_states) gives the same values and the same VJP for cotangents on those states."""
+    from numpyro_sda.score import composition, windows_of_states
+
     score = LocalScore.mlp(3, window=5, hidden=32, depth=2, rngs=0)
     length = 20
     mask = np.zeros(length, bool)
     mask[observed] = True
-    dense, sparse = score.eps_fn(), score.eps_fn(mask)
+    dense, sparse = score.eps_fn(stride=stride), score.eps_fn(mask, stride=stride)
     x = jax.random.normal(jax.random.PRNGKey(0), (length, 3))
     t = jnp.float32(0.3)
     np.testing.assert_allclose(sparse(x, t), dense(x, t), rtol=1e-5, atol=1e-6)
@@ -152,10 +241,10 @@ def test_sparse_gradient_eps_is_exact_for_observed_cotangents(observed):
     g_sparse = jax.vjp(lambda z: sparse(z, t), x)[1](cot)[0]
     np.testing.assert_allclose(g_sparse, g_dense, rtol=1e-4, atol=1e-5)
     # a cotangent on a state produced by a window that no observed state needs is not propagated
-    from numpyro_sda.score import windows_of_states
-
-    active = windows_of_states(mask, 5)
-    produced_by = np.clip(np.arange(length) - 2, 0, length - 5)
+    active = windows_of_states(mask, 5, stride)
+    produced_by = composition(length, 5, stride).which[:, 0]
+    if stride == 1:
+        np.testing.assert_array_equal(produced_by, np.clip(np.arange(length) - 2, 0, length - 5))
     idle = [i for i in range(length) if not active[produced_by[i]]]
     for i in idle[:2]:
         probe = jnp.zeros((length, 3)).at[i].set(1.0)

@@ -219,7 +219,9 @@ class SDA(InferenceMethod):
             window-9 prior; ``benchmarks/sampling.py``, CPU rows with 128 draws): "lo" W1
             1.55x the particle floor against 1.80x for the former default (C = 32 on every
             step), spread/skill 0.88, at 58% of its network evaluations; on "hi" C = 32 at the
-            same steps does a little better (1.70x against 1.78x). Cost is proportional to
+            same steps does a little better (1.70x against 1.78x). Composing the prior with
+            ``TrajectoryPrior(score, L, average=1)`` improves both at the same cost ("lo"
+            1.48x, "hi" 1.60x; :mod:`numpyro_sda.score`). Cost is proportional to
             ``steps + corrections * (corrected steps)``.
         tau: Langevin step size factor :math:`\tau`.
         eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see

@@ -128,7 +128,9 @@ class TrajectoryPrior(dist.Distribution):
                 )
             sde = trained if sde is None else sde
             self.score = eps
-            eps = eps.eps_fn(stride=stride, average=average)
+            # duck-typed local scores need only eps_fn(); the options are passed when used
+            options = {} if (stride, average) == (1, 0) else dict(stride=stride, average=average)
+            eps = eps.eps_fn(**options)
         elif not callable(eps):
             raise TypeError(f"eps must be a callable eps(x, t) or a LocalScore, got {type(eps)}")
         elif stride != 1 or average != 0:
@@ -173,6 +175,8 @@ class TrajectoryPrior(dist.Distribution):
         mask = np.asarray(grad_states, bool)
         if mask.shape != (self.length,):
             raise ValueError(f"grad_states must have shape ({self.length},), got {mask.shape}")
+        if (self.stride, self.average) == (1, 0):
+            return self.score.eps_fn(mask)
         return self.score.eps_fn(mask, stride=self.stride, average=self.average)
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:

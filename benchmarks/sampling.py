@@ -53,6 +53,7 @@ import sidebyside  # noqa: E402
 
 from numpyro_sda import pretrained  # noqa: E402
 from numpyro_sda.checkpoint import load_score  # noqa: E402
+from numpyro_sda.ensemble import ScoreEnsemble  # noqa: E402
 from numpyro_sda.guidance import MMPS, SDAGuidance  # noqa: E402
 from numpyro_sda.infer import SDA  # noqa: E402
 from numpyro_sda.prior import TrajectoryPrior  # noqa: E402
@@ -134,7 +135,10 @@ CONFIGS = {
 
 
 def load_prior(name: str):
-    """A shipped prior by name (``pretrained.available()``) or a prior file's path."""
+    """A shipped prior by name (``pretrained.available()``) or a prior file's path; several
+    joined by ``+`` make a :class:`~numpyro_sda.ensemble.ScoreEnsemble` (equal weights)."""
+    if "+" in name:
+        return ScoreEnsemble([load_prior(part) for part in name.split("+")])
     return pretrained.load(name) if name in pretrained.available() else load_score(name)
 
 
@@ -284,7 +288,8 @@ def main() -> None:
                         help="ground-truth draws (default: --draws; e.g. 1024 with a cached "
                              "ground truth and fewer SDA draws)")
     parser.add_argument("--prior", default=None,
-                        help="replace every configuration's prior: a shipped name or a file")
+                        help="replace every configuration's prior: a shipped name or a file, "
+                             "or several joined by + (a ScoreEnsemble)")
     parser.add_argument("--json", default=None,
                         help="output (default out/bench/sampling.json, or sampling_speed.json)")
     parser.add_argument("--speed", action="store_true",

@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-sampling", choices=("uniform", "mixed"), default="uniform",
                         help="diffusion times of a batch (numpyro_sda.train.sample_times)")
+    parser.add_argument("--prediction", choices=("eps", "v"), default="eps",
+                        help="network target: the noise (the paper's) or the velocity")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
@@ -59,7 +61,8 @@ def main() -> None:
 
     output = args.output or f"lorenz63_window{args.window}.npz"
     config = dict(window=args.window, hidden=256, depth=5, batch_size=args.batch_size, lr=args.lr,
-                  weight_decay=1e-3, ema=args.ema or None, time_sampling=args.time_sampling)
+                  weight_decay=1e-3, ema=args.ema or None, time_sampling=args.time_sampling,
+                  prediction=args.prediction)
     steps = args.steps
     if steps is None:
         # throughput probe on a throw-away model: time chunks 2-3 (after compilation)
@@ -73,7 +76,8 @@ def main() -> None:
         steps = max(1000, int(0.9 * rate * remaining) // 1000 * 1000)
         print(f"throughput probe: {rate:.0f} steps/s -> {steps} steps")
 
-    score = LocalScore.mlp(3, window=args.window, hidden=256, depth=5, rngs=args.seed)
+    score = LocalScore.mlp(3, window=args.window, hidden=256, depth=5,
+                           prediction=args.prediction, rngs=args.seed)
     result = train_score(
         score,
         train,

@@ -27,6 +27,7 @@ _LAZY = {
     "TrajectoryPrior": "numpyro_sda.prior",
     # learned prior
     "LocalScore": "numpyro_sda.score",
+    "ScoreEnsemble": "numpyro_sda.ensemble",
     "train_score": "numpyro_sda.train",
     "load_score": "numpyro_sda.checkpoint",
     "save_score": "numpyro_sda.checkpoint",

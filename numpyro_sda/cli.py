@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-sampling", choices=("uniform", "mixed"), default="uniform",
                        help="diffusion times of a batch: uniform (paper) or half log-uniform "
                             "in the noise-to-signal ratio (numpyro_sda.train.sample_times)")
+    train.add_argument("--prediction", choices=("eps", "v"), default="eps",
+                       help="what the network predicts: the noise (paper) or the velocity "
+                            "mu eps - sigma x, which keeps Tweedie's denoiser accurate at high "
+                            "noise (LocalScore.local)")
     train.add_argument("--time-limit", type=float, default=None,
                        help="stop after this many seconds (resume later with --resume)")
     train.add_argument("--seed", type=int, default=0, help="initialisation and training seed")
@@ -149,12 +153,12 @@ def _system(name: str):
 def build_score(arch: str, state_shape: Sequence[int], *, window: int = 5, width: int = 256,
                 depth: int = 5, channels: Sequence[int] = (32, 64, 128),
                 blocks: Sequence[int] | None = None, kernel_size: int = 3, context=None,
-                seed: int = 0, precision: str = "fp32"):
+                seed: int = 0, precision: str = "fp32", prediction: str = "eps"):
     """The local score ``numpyro-sda train`` builds for states of ``state_shape``.
 
     ``arch="auto"`` is ``"mlp"`` for vector states ``(D,)`` and ``"unet"`` for fields
     ``(C, N)`` or ``(C, H, W)``. ``precision="bf16"`` gives bfloat16 matmuls and convolutions
-    (float32 parameters and accumulation).
+    (float32 parameters and accumulation); ``prediction`` is :class:`LocalScore`'s.
     """
     from numpyro_sda.score import LocalScore
 
@@ -168,7 +172,7 @@ def build_score(arch: str, state_shape: Sequence[int], *, window: int = 5, width
         if context is not None:
             raise CLIError("--context is for UNet priors")
         return LocalScore.mlp(shape[0], window=window, hidden=width, depth=depth,
-                              precision=precision, rngs=seed)
+                              precision=precision, prediction=prediction, rngs=seed)
     if len(shape) not in (2, 3):
         raise CLIError(f"--arch unet needs field states (C, N) or (C, H, W), the dataset's states "
                        f"are {shape}; use --arch mlp")
@@ -182,7 +186,8 @@ def build_score(arch: str, state_shape: Sequence[int], *, window: int = 5, width
     return LocalScore.unet(shape[0], window=window, spatial=len(shape) - 1,
                            hidden_channels=channels, blocks=blocks, context=context,
                            size=None if context is not None else shape[1:],
-                           kernel_size=kernel_size, precision=precision, rngs=seed)
+                           kernel_size=kernel_size, precision=precision,
+                           prediction=prediction, rngs=seed)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -213,7 +218,8 @@ def _train(args: argparse.Namespace) -> int:
         score = build_score(args.arch, shape, window=args.window, width=args.width,
                             depth=args.depth, channels=args.channels, blocks=args.blocks,
                             kernel_size=args.kernel_size, context=context, seed=args.seed,
-                            precision="bf16" if args.bf16 else "fp32")
+                            precision="bf16" if args.bf16 else "fp32",
+                            prediction=args.prediction)
         print(f"{score.kind} local score on states {shape}: {score.num_params()} parameters",
               flush=True)
         result = train_score(score, train_set, valid_set, steps=args.steps,

@@ -63,7 +63,12 @@ from jax import Array
 from numpyro_sda.nets import PRECISIONS, ResMLP, TimeEmbedding, UNet, _as_rngs, set_precision
 from numpyro_sda.sde import VPSDE
 
-__all__ = ["LocalScore", "Constant", "Composition", "unfold", "fold", "composition"]
+__all__ = [
+    "LocalScore", "Constant", "Composition", "unfold", "fold", "composition", "PREDICTIONS",
+]
+
+#: What the network's raw output is trained to match (see :meth:`LocalScore.local`).
+PREDICTIONS = ("eps", "v")
 
 
 class Constant(nnx.Variable):
@@ -288,6 +293,12 @@ class LocalScore(nnx.Module):
         self.window = window
         self.order = window // 2
         self.sde = VPSDE(alpha=config.get("alpha", "cos"), eta=float(config.get("eta", 1e-3)))
+        prediction = config.get("prediction", "eps")
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}"
+            )
+        self.prediction = prediction
         embedding = int(config.get("embedding", 32))
         self.embedding = TimeEmbedding(embedding, rngs=rngs)
         if kind == "mlp":
@@ -352,6 +363,7 @@ class LocalScore(nnx.Module):
         activation: str = "silu",
         sde: VPSDE | None = None,
         precision: str = "fp32",
+        prediction: str = "eps",
         rngs: nnx.Rngs | int = 0,
     ) -> LocalScore:
         """A ResMLP kernel on flattened windows of ``window`` states with ``features`` each.
@@ -359,6 +371,7 @@ class LocalScore(nnx.Module):
         The paper's Lorenz-63 configuration is ``LocalScore.mlp(3, window=5, hidden=256,
         depth=5)`` (SiLU, 32 time-embedding features). ``precision="bf16"`` runs the matmuls
         in bfloat16 with float32 weights and accumulation (see :func:`~numpyro_sda.nets.set_precision`).
+        ``prediction="v"`` trains the network on the velocity target (see :meth:`local`).
         """
         sde = VPSDE() if sde is None else sde
         config = dict(
@@ -373,6 +386,8 @@ class LocalScore(nnx.Module):
             eta=sde.eta,
             precision=precision,
         )
+        if prediction != "eps":
+            config["prediction"] = prediction
         return cls(config, rngs=rngs)
 
     @classmethod
@@ -391,6 +406,7 @@ class LocalScore(nnx.Module):
         activation: str = "silu",
         sde: VPSDE | None = None,
         precision: str = "fp32",
+        prediction: str = "eps",
         rngs: nnx.Rngs | int = 0,
     ) -> LocalScore:
         """A UNet kernel on windows stacked as channels; states have shape ``(channels, *size)``.
@@ -408,6 +424,8 @@ class LocalScore(nnx.Module):
                 ``2**(levels-1)`` is accepted).
             precision: ``"fp32"`` or ``"bf16"`` (bfloat16 convolutions and matmuls, float32
                 weights and accumulation; recorded in :attr:`config`, hence in checkpoints).
+            prediction: ``"eps"`` (the paper's noise prediction) or ``"v"`` (velocity; see
+                :meth:`local`).
         """
         sde = VPSDE() if sde is None else sde
         if spatial not in (1, 2):
@@ -443,6 +461,8 @@ class LocalScore(nnx.Module):
             eta=sde.eta,
             precision=precision,
         )
+        if prediction != "eps":
+            config["prediction"] = prediction
         score = cls(config, rngs=rngs)
         if ctx is not None:
             score.context[...] = ctx
@@ -538,7 +558,20 @@ class LocalScore(nnx.Module):
             )
 
     def local(self, w: Array, t: Array) -> Array:
-        """Noise prediction on a batch of windows.
+        r"""Noise prediction on a batch of windows.
+
+        With ``prediction="eps"`` (the paper's parametrisation) the network's output
+        :math:`F_\phi` is the noise prediction itself. With ``prediction="v"`` it is trained
+        to match the velocity :math:`v = \mu(t)\, \varepsilon - \sigma(t)\, w` (Salimans &
+        Ho, 2022, arXiv:2202.00512, Section 4), and the noise prediction is
+
+        .. math:: \hat\varepsilon = \frac{\mu(t)\, F_\phi + \sigma(t)\, w_t}{\mu(t)^2 + \sigma(t)^2},
+
+        exact when :math:`F_\phi = v`. The network's error then reaches Tweedie's denoiser
+        :math:`\hat w = (w_t - \sigma \hat\varepsilon)/\mu` multiplied by
+        :math:`\sigma / (\mu^2 + \sigma^2) \le 1` instead of :math:`\sigma/\mu` (up to
+        :math:`10^3` at :math:`t = 1`), so the denoiser stays accurate at high noise, where the
+        guidance evaluates the likelihood on it.
 
         Args:
             w: windows of shape ``(B, window, *state_shape)``.
@@ -547,6 +580,17 @@ class LocalScore(nnx.Module):
         Returns:
             the predicted noise, shape ``(B, window, *state_shape)``.
         """
+        out = self.network_output(w, t)
+        if self.prediction == "eps":
+            return out
+        w = jnp.asarray(w)
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        t = jnp.broadcast_to(jnp.asarray(t, w.dtype), (w.shape[0],))
+        return self.sde.eps_from_velocity(w, t.reshape(shape), out).astype(out.dtype)
+
+    def network_output(self, w: Array, t: Array) -> Array:
+        """The network's raw output on a batch of windows (what training matches: the noise
+        for ``prediction="eps"``, the velocity for ``"v"``; see :meth:`local`)."""
         w = jnp.asarray(w)
         if w.ndim != 2 + len(self.state_shape) or w.shape[1] != self.window:
             raise ValueError(

@@ -73,6 +73,18 @@ class VPSDE:
         """Tweedie's denoiser :math:`\\hat{x} = (x_t - \\sigma(t) \\varepsilon) / \\mu(t)`."""
         return (x_t - self.sigma(t) * eps) / self.mu(t)
 
+    def velocity(self, x: Array, t: Array | float, eps: Array) -> Array:
+        r"""The velocity :math:`v = \mu(t)\, \varepsilon - \sigma(t)\, x` of a perturbation
+        (Salimans & Ho, 2022, arXiv:2202.00512, Section 4)."""
+        return self.mu(t) * eps - self.sigma(t) * x
+
+    def eps_from_velocity(self, x_t: Array, t: Array | float, v: Array) -> Array:
+        r"""The noise of :math:`x_t = \mu x + \sigma \varepsilon` given its velocity:
+        :math:`\varepsilon = (\mu v + \sigma x_t)/(\mu^2 + \sigma^2)`, an identity since
+        :math:`\mu v + \sigma x_t = (\mu^2 + \sigma^2)\, \varepsilon`."""
+        mu, sigma = self.mu(t), self.sigma(t)
+        return (mu * v + sigma * x_t) / (mu**2 + sigma**2)
+
     def ratio_table(self, points: int):
         r"""The noise-to-signal ratio :math:`\sigma(t)/\mu(t)` on ``points`` equally spaced
         times of :math:`[0, 1]`, as NumPy float64 arrays ``(t, ratio)`` (increasing in

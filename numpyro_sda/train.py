@@ -144,12 +144,20 @@ def as_trajectories(data: Any, name: str, score: LocalScore) -> jnp.ndarray:
 
 
 def dsm_loss(model: LocalScore, w: Array, t: Array, eps: Array) -> Array:
-    r"""Mean of :math:`(\varepsilon_\phi(\mu(t) w + \sigma(t) \varepsilon, t) - \varepsilon)^2`."""
+    r"""Denoising score matching loss of the network's raw output :math:`F_\phi`.
+
+    Mean of :math:`(F_\phi(\mu(t) w + \sigma(t) \varepsilon, t) - \varepsilon)^2` for a noise
+    predictor (``model.prediction == "eps"``, Rozet & Louppe, 2023, Eq. 8) and of
+    :math:`(F_\phi(\cdot, t) - (\mu(t) \varepsilon - \sigma(t) w))^2` for a velocity predictor
+    (``"v"``; Salimans & Ho, 2022): in noise terms the latter weights the error by
+    :math:`(\mu^2 + \sigma^2)^2/\mu^2`, i.e. by the error it makes in Tweedie's denoiser.
+    """
     shape = (-1,) + (1,) * (w.ndim - 1)
     mu = model.sde.mu(t).reshape(shape)
     sigma = model.sde.sigma(t).reshape(shape)
     x_t = mu * w + sigma * eps
-    return jnp.mean((model.local(x_t, t) - eps) ** 2)
+    target = eps if model.prediction == "eps" else model.sde.velocity(w, t.reshape(shape), eps)
+    return jnp.mean((model.network_output(x_t, t) - target) ** 2)
 
 
 TIME_SAMPLINGS = ("uniform", "mixed")

@@ -132,6 +132,13 @@ def test_generate_ks_then_train_builds_a_unet_and_resumes(tmp_path, capsys):
                  "--blocks", "1", "1", "--batch-size", "4", "--no-progress",
                  "--time-sampling", "mixed"]) == 0
     assert load_checkpoint(mixed).training["time_sampling"] == "mixed"
+    # --prediction v: a velocity-predicting UNet, recorded in its config
+    vel = tmp_path / "v.npz"
+    assert main(["train", str(ds), str(vel), "--steps", "4", "--channels", "8", "16",
+                 "--blocks", "1", "1", "--batch-size", "4", "--no-progress",
+                 "--prediction", "v"]) == 0
+    ck = load_checkpoint(vel)
+    assert ck.score.prediction == "v" and ck.score.config["prediction"] == "v"
 
 
 def test_demo_reports_the_particle_count_it_used(tmp_path, capsys):

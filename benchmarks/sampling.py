@@ -131,6 +131,16 @@ CONFIGS = {
                               dict(average=1)),
     "w9-avg2-c64-below0.25": ("lorenz63_window9", dict(corrections=64, correct_below=0.25),
                               dict(average=2)),
+    # more predictor steps, fewer corrections each (about the same network evaluations)
+    "w9-avg1-s64-c32-below0.25": ("lorenz63_window9",
+                                  dict(steps=64, corrections=32, correct_below=0.25),
+                                  dict(average=1)),
+    "w9-avg1-s128-c16-below0.25": ("lorenz63_window9",
+                                   dict(steps=128, corrections=16, correct_below=0.25),
+                                   dict(average=1)),
+    "w9-avg1-s64-c64-below0.25": ("lorenz63_window9",
+                                  dict(steps=64, corrections=64, correct_below=0.25),
+                                  dict(average=1)),
 }
 
 

@@ -99,26 +99,28 @@ class ScoreEnsemble:
 
     def local(self, w: Array, t: Array) -> Array:
         """Averaged noise prediction on a batch of windows (see :meth:`LocalScore.local`)."""
-        return sum(wm * s.local(w, t) for wm, s in zip(self.weights, self.scores, strict=True))
+        return self._mix([s.local(w, t) for s in self.scores])
 
     def __call__(self, x: Array, t: Array | float, *, stride: int = 1, average: int = 0) -> Array:
         """Averaged composed noise prediction of ONE trajectory (see :meth:`LocalScore.__call__`)."""
-        return sum(wm * s(x, t, stride=stride, average=average)
-                   for wm, s in zip(self.weights, self.scores, strict=True))
+        return self._mix([s(x, t, stride=stride, average=average) for s in self.scores])
 
     def eps_fn(self, grad_states: Any = None, **options: Any) -> Callable[[Array, Array], Array]:
         """A pure ``eps(x, t)`` averaging the members' :meth:`LocalScore.eps_fn` (same
         arguments: ``grad_states``, ``chunk``, ``remat``, ``stride``, ``average``)."""
         fns = [s.eps_fn(grad_states, **options) for s in self.scores]
-        weights = self.weights
 
         def eps(x: Array, t: Array) -> Array:
-            out = weights[0] * fns[0](x, t)
-            for wm, f in zip(weights[1:], fns[1:], strict=True):
-                out = out + wm * f(x, t)
-            return out
+            return self._mix([f(x, t) for f in fns])
 
         return eps
+
+    def _mix(self, predictions: Sequence[Array]) -> Array:
+        """The weighted sum of the members' predictions (in member order)."""
+        out = self.weights[0] * predictions[0]
+        for wm, p in zip(self.weights[1:], predictions[1:], strict=True):
+            out = out + wm * p
+        return out
 
     def num_params(self) -> int:
         """Total parameters of the members."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from numpyro_sda.nets import ResMLP, TimeEmbedding, UNet
+from numpyro_sda.nets import ResMLP, TimeEmbedding, UNet, patch_conv
 from numpyro_sda.score import LocalScore
 
 
@@ -87,3 +87,62 @@ def test_unet_paper_kolmogorov_configuration():
     assert score.num_params() > 10_000_000
     out = jax.eval_shape(lambda: build()(jnp.zeros((8, 2, 64, 64)), 0.5))
     assert out.shape == (8, 2, 64, 64)
+
+
+@pytest.mark.parametrize("spatial", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_patch_conv_equals_the_lax_convolution_and_its_gradients(spatial, stride, kernel):
+    # the UNet's nnx.Conv layers compute through patch_conv: same parameters, same values and
+    # derivatives as lax.conv_general_dilated (circular padding, strides, 1-D and 2-D)
+    rng = np.random.default_rng(spatial * 10 + stride + kernel)
+    x = jnp.asarray(rng.standard_normal((3,) + (12,) * spatial + (5,)), jnp.float32)
+    k = (kernel,) * spatial
+    ref = nnx.Conv(5, 4, k, strides=stride, padding="CIRCULAR", rngs=nnx.Rngs(1))
+    new = nnx.Conv(5, 4, k, strides=stride, padding="CIRCULAR", conv_general_dilated=patch_conv,
+                   rngs=nnx.Rngs(1))
+    np.testing.assert_allclose(new(x), ref(x), atol=2e-5)
+
+    def loss(conv, x):
+        return jnp.sum(jnp.sin(conv(x)))
+
+    g_ref = nnx.grad(loss, argnums=(0, 1))(ref, x)
+    g_new = nnx.grad(loss, argnums=(0, 1))(new, x)
+    np.testing.assert_allclose(g_new[0].kernel[...], g_ref[0].kernel[...], atol=1e-4)
+    np.testing.assert_allclose(g_new[0].bias[...], g_ref[0].bias[...], atol=1e-4)
+    np.testing.assert_allclose(g_new[1], g_ref[1], atol=1e-4)
+
+
+def test_patch_conv_in_bfloat16_accumulates_in_float32():
+    from numpyro_sda.nets import set_precision
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 16, 8)), jnp.float32)
+    ref = set_precision(nnx.Conv(8, 8, (3,), padding="CIRCULAR", rngs=nnx.Rngs(0)), "bf16")
+    new = set_precision(nnx.Conv(8, 8, (3,), padding="CIRCULAR", conv_general_dilated=patch_conv,
+                                 rngs=nnx.Rngs(0)), "bf16")
+    assert new(x).dtype == jnp.float32
+    np.testing.assert_allclose(new(x), ref(x), atol=2e-2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU path of patch_conv")
+def test_unet_gradient_in_a_scan_has_no_convolution_on_cpu():
+    # why patch_conv exists: XLA:CPU runs the kernel gradient of a convolution inside a loop
+    # body 20-50x slower than outside one; the UNet's training step and the guided sampler run
+    # inside lax.scan, so on CPU their compiled programs must hold matrix products only
+    score = LocalScore.unet(1, window=3, spatial=1, hidden_channels=(8, 16), blocks=(1, 1),
+                            size=16, rngs=0)
+    graphdef, state = nnx.split(score)
+    w = jnp.ones((4, 3, 1, 16))
+    t = jnp.full((4,), 0.5)
+
+    def grads(state, w):
+        return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s).local(w, t) ** 2))(state)
+
+    def scanned(state, w):
+        return jax.lax.scan(lambda c, _: (grads(state, w), None), grads(state, w), None,
+                            length=2)[0]
+
+    text = jax.jit(scanned).lower(state, w).compile().as_text()
+    assert " convolution(" not in text
+    assert " dot(" in text or "dot_general" in text or "custom-call" in text

@@ -1,97 +1,172 @@
-"""Lorenz-96 (32 variables, F = 16): SDA vs the localised EnKS vs weak 4D-Var.
+"""Lorenz-96 (32 variables, F = 16): SDA with the shipped prior vs the localised EnKS vs 4D-Var.
 
 Truth: 65 states of ``Lorenz96()`` after 1024 burn-in transitions; every 2nd variable of every
-4th state is observed with Gaussian noise 0.1 (normalised units), one NumPyro model. The baselines
-use the exact Markov prior (``system.markov_prior(65)``, the system's own model noise); EnKS is
-the localised square-root filter (64 members, Gaspari–Cohn half-width 4, inflation 1.02).
+4th state is observed with Gaussian noise 0.1 (normalised units), one NumPyro model. SDA runs it
+with ``TrajectoryPrior(pretrained.load("lorenz96"), 65)`` (a 1-D UNet local score on windows of
+9 states seen as periodic one-channel fields ``(1, 32)``, ``examples/train_lorenz96.py``; the
+model reshapes the trajectory to ``(65, 32)`` before observing it, so the same model serves the
+baselines' flat states); the baselines with the exact Markov prior
+(``system.markov_prior(65)``, the system's own transition noise): the localised square-root EnKS
+(64 members, Gaspari–Cohn half-width 4 variables, multiplicative inflation 1.02) and weak 4D-Var
+started from the EnKS mean.
 
-No Lorenz-96 prior is shipped. SDA runs when a prior is given (``--prior FILE``) or trained here
-(``--train SECONDS``: an MLP local score on windows of 5 states trained for that wall time on
-fresh simulations; ``--full`` trains for 600 s); otherwise the script says so and compares the
-baselines only.
+``--model-error`` repeats the baselines with an imperfect model: the forcing F = 15 instead of
+16 (the true system's normalisation is kept); SDA's prior was learned from the true system's data
+and is unchanged. Metrics (physical units): RMSE of the draws (of the estimate for 4D-Var), spread,
+spread/skill, CRPS; the tables are medians over the observation sets (keys
+``fold_in(PRNGKey(seed), i)``).
 
-    python examples/lorenz96.py                    # baselines only (about a minute)
-    python examples/lorenz96.py --train 180        # + SDA with a 3-minute prior
-    python examples/lorenz96.py --full             # 10-minute prior, 256 draws
+Measured (2026-11-27, shared 2-core CPU, load about 2: this run alone), ``--full --samples 32
+--model-error`` (8 sets, 32 SDA draws, SDA's defaults: 64 steps, C = 32 on the steps ending at
+t <= 0.25; 1823 s; ``benchmarks/results/lorenz96_table_8sets_2026-11-27.*``), medians, physical
+units (the attractor's standard deviation is 6.3):
+
+    ======  ======  ======  ============  ======  ==================================
+    true     RMSE   spread  spread/skill   CRPS   model error (F = 15): RMSE / CRPS
+    ======  ======  ======  ============  ======  ==================================
+    SDA      1.338   2.049      1.52       0.546  (prior unchanged) 1.338 / 0.546
+    EnKS     1.624   0.973      0.60       0.696  1.621 / 0.681
+    4D-Var   0.434     –         –         0.315  0.521 / 0.372
+    ======  ======  ======  ============  ======  ==================================
+
+SDA beats the (untuned) EnKS in RMSE and CRPS and loses to weak 4D-Var, which is given the exact
+dynamics (and, with F = 15, still a close model); SDA is over-dispersed (spread/skill 1.52) with
+a prior trained for only 14,000 steps (:mod:`numpyro_sda.pretrained`). SDA takes about 200 s per
+set for 32 draws at its defaults, the baselines under a second.
+
+    python examples/lorenz96.py                        # small: 2 sets, 32 draws, 64 steps, C = 1
+    python examples/lorenz96.py --full --model-error   # 8 sets, 64 draws, SDA's defaults
+    python examples/lorenz96.py --prior my_l96.npz     # another prior
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pandas as pd
 
-from numpyro_sda import SDA, TrajectoryPrior, data, systems
+from numpyro_sda import SDA, TrajectoryPrior, pretrained, systems
 from numpyro_sda.baselines import EnKS, FourDVar
 from numpyro_sda.checkpoint import load_score
 from numpyro_sda.comparison import compare, to_markdown
-from numpyro_sda.score import LocalScore
-from numpyro_sda.train import train_score
 
 LENGTH = 65
+#: the forcing of the imperfect model of ``--model-error`` (the truth has F = 16)
+MODEL_ERROR_F = 15.0
+COLUMNS = ("sets", "rmse", "spread", "spread_skill", "crps", "wall_time")
 
 
 def model(prior, y=None):
     """Every 2nd variable of every 4th state, Gaussian noise 0.1 (normalised units)."""
     x = numpyro.sample("x", prior)
+    x = x.reshape(x.shape[0], -1)  # (65, 32) from the UNet prior's (65, 1, 32) as well
     numpyro.sample("y", dist.Normal(x[::4, ::2], 0.1).to_event(2), obs=y)
 
 
-def train_prior(system, seconds: float, seed: int = 0) -> LocalScore:
-    """A Lorenz-96 MLP local score (window 5, width 256, depth 3) trained for ``seconds``."""
-    splits = data.simulate(system, seed, 256, 256, burn_in=1024, splits=(0.9, 0.1))
-    score = LocalScore.mlp(system.n, window=5, hidden=256, depth=3, rngs=seed)
-    # the steps are sized so that the learning rate decays within the budget at ~20 steps/s;
-    # the time limit stops it otherwise (the validation loss is printed either way)
-    res = train_score(score, splits["train"], splits["valid"], steps=int(20 * seconds),
-                      chunk=200, progress=False, time_limit=seconds, seed=seed,
-                      normalization=(system.mean, system.std))
-    print(f"trained a Lorenz-96 prior: {res.step} steps in {res.elapsed:.0f} s "
-          f"({res.stop_reason}), validation loss {res.history['valid_loss'][-1]:.4f}")
-    return score
+def imperfect_system(system: systems.Lorenz96, forcing: float) -> systems.Lorenz96:
+    """``system`` with another forcing, in the true system's normalised coordinates."""
+    wrong = systems.Lorenz96(system.n, F=forcing, dt=system.dt, substeps=system.substeps,
+                             noise_std=system.noise_std)
+    wrong.mean, wrong.std = system.mean, system.std
+    return wrong
+
+
+def observation_set(system: systems.Lorenz96, key):
+    """A normalised truth of ``LENGTH`` states and its observation."""
+    k_truth, k_obs = jax.random.split(key)
+    truth = system.normalize(system.simulate(k_truth, 1, LENGTH, burn_in=1024)[0])
+    y = truth[::4, ::2] + 0.1 * jax.random.normal(k_obs, truth[::4, ::2].shape)
+    return truth, y
+
+
+def baselines(key, system: systems.Lorenz96, y) -> dict:
+    """The localised EnKS and weak 4D-Var (from the EnKS mean) with ``system``'s Markov prior."""
+    k_enks, k_var = jax.random.split(key)
+    markov = system.markov_prior(LENGTH)
+    out = {"EnKS": EnKS(model, 64, variant="sqrt", localization=4.0, inflation=1.02,
+                        rotate=True).run(k_enks, markov, y=y)}
+    init = np.asarray(out["EnKS"].get_samples()["x"]).mean(0)
+    out["4D-Var"] = FourDVar(model, weak=True, init=init, max_iter=1000).run(k_var, markov, y=y)
+    return out
+
+
+def table(results: dict, truth, system: systems.Lorenz96) -> pd.DataFrame:
+    """RMSE, spread, spread/skill, CRPS (physical units) and wall time of each method's draws,
+    flattened to ``(M, 65, 32)`` (the UNet prior's states are ``(1, 32)``)."""
+    draws = {name: np.asarray(r.get_samples()["x"]).reshape(-1, LENGTH, system.n)
+             for name, r in results.items()}
+    out = compare(draws, truth=truth, system=system)
+    out["wall_time"] = [float(results[m].wall_time) for m in out.index]
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+    """Run the sets; returns ``{label: median table}`` and prints the tables."""
+    system = systems.Lorenz96()
+    score = load_score(args.prior) if args.prior else pretrained.load("lorenz96")
+    sda = SDA(model, progress=False, **{k: v for k, v in (("steps", args.steps),
+                                                         ("corrections", args.corrections))
+                                         if v is not None})
+    prior = TrajectoryPrior(score, length=LENGTH)
+    tables: dict[str, list[pd.DataFrame]] = {}
+    t_start = time.perf_counter()
+    for i in range(args.sets):
+        key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
+        k_set, k_sda, k_base = jax.random.split(key, 3)
+        truth, y = observation_set(system, k_set)
+        results = {"SDA": sda.run(k_sda, prior, y=y, num_samples=args.samples)}
+        results.update(baselines(k_base, system, y))
+        tables.setdefault("true model", []).append(table(results, truth, system))
+        if args.model_error:
+            wrong = baselines(k_base, imperfect_system(system, MODEL_ERROR_F), y)
+            tables.setdefault(f"model error (F = {MODEL_ERROR_F:g})", []).append(
+                table({"SDA": results["SDA"], **wrong}, truth, system))
+        print(f"[{time.perf_counter() - t_start:.0f} s] set {i}\n"
+              f"{tables['true model'][-1][list(COLUMNS[1:])].round(4).to_string()}", flush=True)
+    medians = {}
+    for label, ts in tables.items():
+        med = pd.concat(ts).groupby(level=0, sort=False).median(numeric_only=True)
+        med.insert(0, "sets", len(ts))
+        medians[label] = med
+        print(f"\n### Lorenz-96, {label}: medians over {len(ts)} observation sets\n")
+        print(to_markdown(med[[c for c in COLUMNS if c in med.columns]]))
+    print(f"\nSDA: {sda.settings['steps']} steps, C = {sda.settings['corrections']}, "
+          f"{args.samples} draws; total {time.perf_counter() - t_start:.0f} s")
+    return medians
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="paper-size run")
-    parser.add_argument("--prior", default=None, help="a saved Lorenz-96 prior (.npz)")
-    parser.add_argument("--train", type=float, default=None,
-                        help="train a prior for this many seconds (default: none; 600 with --full)")
-    parser.add_argument("--samples", type=int, default=None, help="SDA draws / EnKS members")
-    parser.add_argument("--seed", type=int, default=0, help="seed of truth and observations")
+    parser.add_argument("--full", action="store_true",
+                        help="8 sets, 64 draws, SDA's default steps and corrections")
+    parser.add_argument("--sets", type=int, default=None, help="observation sets")
+    parser.add_argument("--samples", type=int, default=None, help="SDA draws")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="SDA steps (default: SDA's with --full, 64 otherwise)")
+    parser.add_argument("--corrections", type=int, default=None,
+                        help="SDA corrections per step (default: SDA's with --full, 1 otherwise)")
+    parser.add_argument("--model-error", action="store_true",
+                        help=f"also run the baselines with the forcing F = {MODEL_ERROR_F:g}")
+    parser.add_argument("--prior", default=None, help="a prior file instead of the shipped one")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the observation sets")
+    parser.add_argument("--json", default=None, help="write the median tables to this file")
     args = parser.parse_args()
-    samples = args.samples or (256 if args.full else 64)
-    train = args.train if args.train is not None else (600.0 if args.full else None)
-
-    system = systems.Lorenz96()
-    k_truth, k_obs, k_sda, k_enks, k_var = jax.random.split(jax.random.PRNGKey(args.seed), 5)
-    truth = system.normalize(system.simulate(k_truth, 1, LENGTH, burn_in=1024)[0])
-    y = truth[::4, ::2] + 0.1 * jax.random.normal(k_obs, truth[::4, ::2].shape)
-    markov = system.markov_prior(LENGTH)
-    results = {}
-    score = load_score(args.prior) if args.prior else (
-        train_prior(system, train, args.seed) if train else None)
-    if score is None:
-        print("no Lorenz-96 prior: SDA skipped (pass --prior FILE or --train SECONDS)")
-    else:
-        t0 = time.perf_counter()
-        kw = {} if args.full else {"steps": 64}
-        results["SDA"] = SDA(model, progress=False, **kw).run(
-            k_sda, TrajectoryPrior(score, length=LENGTH), y=y, num_samples=samples)
-        print(f"SDA: {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    results["EnKS"] = EnKS(model, 64, variant="sqrt", localization=4.0, inflation=1.02,
-                           rotate=True).run(k_enks, markov, y=y)
-    init = np.asarray(results["EnKS"].get_samples()["x"]).mean(0)
-    results["4D-Var"] = FourDVar(model, weak=True, init=init, max_iter=1000).run(k_var, markov,
-                                                                                 y=y)
-    print(f"EnKS + 4D-Var: {time.perf_counter() - t0:.1f} s")
-    table = compare(results, truth=truth, system=system)
-    print(to_markdown(table[["draws", "rmse", "spread", "spread_skill", "crps", "wall_time"]]))
+    args.sets = args.sets or (8 if args.full else 2)
+    args.samples = args.samples or (64 if args.full else 32)
+    if not args.full:
+        args.steps = 64 if args.steps is None else args.steps
+        args.corrections = 1 if args.corrections is None else args.corrections
+    medians = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: v.reset_index().to_dict(orient="records") for k, v in medians.items()},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

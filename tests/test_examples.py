@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
     "lorenz63.py": ["### Lorenz-63 'lo'", "### Lorenz-63 'hi'", "w1"],
-    "lorenz96.py": ["SDA skipped", "EnKS", "4D-Var"],
+    "lorenz96.py": ["medians over 2 observation sets", "SDA", "EnKS", "4D-Var"],
     "kuramoto_sivashinsky.py": ["medians over 2 observation sets", "SDA", "EnKS", "BPF"],
     "kolmogorov.py": ["coarse:", "vorticity.gif"],
     "numpyro_model.py": ["sigma: posterior median", "inside the gap"],

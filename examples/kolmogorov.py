@@ -12,7 +12,9 @@ std panels per method and a vorticity GIF (matplotlib's ``pillow`` writer).
 SDA uses the shipped ``pretrained.load("kolmogorov")`` (a 1.8 M-parameter UNet trained on a GPU
 for 4750 steps; see :mod:`numpyro_sda.pretrained`) unless ``--prior FILE`` names another (e.g.
 one trained with ``examples/train_kolmogorov.py``). On these 2-core CPUs one guided evaluation
-of the shipped UNet on 2 x 9 states takes about 1.3 s, so the small default uses 1 correction.
+of the shipped UNet on 2 x 9 states took about 1.3 s with ``lax.conv`` and about a fifth of that
+since the UNet's convolutions are patch matrix products on CPU (``benchmarks/unet_cpu.py``: a
+forward + VJP of 5 windows inside a loop, 1487 -> 292 ms); the small default still uses 1 correction.
 
     python examples/kolmogorov.py                        # small: 9 states, 'coarse', 2 draws, 8 steps
     python examples/kolmogorov.py --full   # 17 states, all scenarios (GPU)

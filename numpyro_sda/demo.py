@@ -452,8 +452,8 @@ def run_kolmogorov_demo(
 QUICK = {
     "lorenz63": dict(num_samples=16, steps=32, num_particles=1024),
     "ks": dict(num_samples=8, steps=16, num_particles=256),
-    # one correction: the shipped UNet costs ~1.3 s per guided evaluation of 2 x 9 states on
-    # these CPUs, so SDA's default 32 corrections would take many minutes
+    # one correction: a guided evaluation of the shipped UNet on 2 x 9 states costs ~0.3 s on
+    # these CPUs (benchmarks/unet_cpu.py), so SDA's default 32 corrections take minutes
     "kolmogorov": dict(num_samples=2, steps=8, corrections=1, length=9, burn_in=8,
                        ensemble_size=8),
 }

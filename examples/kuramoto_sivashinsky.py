@@ -65,6 +65,18 @@ With model error the tuned EnKS is worse than the untuned one (CRPS sparse 0.059
 saturating 0.124 -> 0.141; spread/skill 0.53 / 0.37): the settings tuned for the true model
 spread the ensemble less, which the perturbed model does not afford; 4D-Var is unchanged to 0.001.
 
+SDA's Lorenz-63-tuned defaults do NOT transfer to this prior (rerun 2026-11-27, after the UNet's
+convolutions became patch matrix products on CPU). ``--methods sda --sets 8 --samples 32
+--steps 32 --corrections 4`` (corrections now only on the steps ending at t <= 0.25, SDA's
+``correct_below``; 493 s in all, 14-16 s per set; ``benchmarks/results/ks_sda_32steps_c4_8sets_*``)
+reproduces the rows above: sparse CRPS 0.0397, spread/skill 0.75; saturating 0.0916, 0.71. At
+SDA's defaults (64 steps, C = 32; ``--steps 64 --corrections 32``, about 104 s per set;
+``benchmarks/results/ks_sda_defaults_5sets_saturating_*``, stopped after 5 saturating sets) the
+draws collapse: CRPS 0.19-0.31 and spread/skill 0.18-0.25 on every one of the 5 sets, against
+0.057-0.17 and 0.43-1.07 at 32 steps, C = 4, on the same sets. Many Langevin corrections drive
+the draws toward the errors of this short-trained score (1500 steps); the small default and the
+table keep C = 4.
+
     python examples/kuramoto_sivashinsky.py                  # small: 2 sets, few draws (minutes)
     python examples/kuramoto_sivashinsky.py --full --model-error --json ks.json   # 8 sets
     python examples/kuramoto_sivashinsky.py --tune           # EnKS settings on held-out sets

@@ -127,6 +127,13 @@ def patch_conv(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=Non
                                preferred_element_type=preferred_element_type)
 
 
+def _circular_conv(cin: int, cout: int, kernel: tuple[int, ...], strides: int = 1, *,
+                   rngs: nnx.Rngs) -> nnx.Conv:
+    """The UNet's convolution layer: circular padding, computed through :func:`patch_conv`."""
+    return nnx.Conv(cin, cout, kernel, strides=strides, padding="CIRCULAR",
+                    conv_general_dilated=patch_conv, rngs=rngs)
+
+
 def _activation(name: str) -> Callable[[Array], Array]:
     key = name.lower()
     if key not in ACTIVATIONS:
@@ -266,10 +273,8 @@ class ModResidualBlock(nnx.Module):
         self.project = nnx.Linear(mod_features, channels, rngs=rngs)
         self.norm = _layer_norm(channels, rngs=rngs)
         k = (kernel_size,) * spatial
-        self.conv1 = nnx.Conv(channels, channels, k, padding="CIRCULAR",
-                              conv_general_dilated=patch_conv, rngs=rngs)
-        self.conv2 = nnx.Conv(channels, channels, k, padding="CIRCULAR",
-                              conv_general_dilated=patch_conv, rngs=rngs)
+        self.conv1 = _circular_conv(channels, channels, k, rngs=rngs)
+        self.conv2 = _circular_conv(channels, channels, k, rngs=rngs)
         self.spatial = spatial
 
     def __call__(self, h: Array, e: Array) -> Array:
@@ -282,8 +287,7 @@ class ModResidualBlock(nnx.Module):
 class _Down(nnx.Module):
     def __init__(self, cin: int, cout: int, spatial: int, kernel_size: int, *, rngs) -> None:
         k = (kernel_size,) * spatial
-        self.conv = nnx.Conv(cin, cout, k, strides=2, padding="CIRCULAR",
-                             conv_general_dilated=patch_conv, rngs=rngs)
+        self.conv = _circular_conv(cin, cout, k, strides=2, rngs=rngs)
 
     def __call__(self, h: Array) -> Array:
         return self.conv(h)
@@ -294,8 +298,7 @@ class _Up(nnx.Module):
         k = (kernel_size,) * spatial
         self.spatial = spatial
         self.norm = _layer_norm(cin, rngs=rngs)
-        self.conv = nnx.Conv(cin, cout, k, padding="CIRCULAR",
-                             conv_general_dilated=patch_conv, rngs=rngs)
+        self.conv = _circular_conv(cin, cout, k, rngs=rngs)
 
     def __call__(self, h: Array) -> Array:
         h = self.norm(h)
@@ -357,10 +360,8 @@ class UNet(nnx.Module):
         self.spatial = int(spatial)
         self.levels = len(blocks)
         k = (kernel_size,) * spatial
-        self.head = nnx.Conv(in_channels, hidden_channels[0], k, padding="CIRCULAR",
-                             conv_general_dilated=patch_conv, rngs=rngs)
-        self.tail = nnx.Conv(hidden_channels[0], out_channels, k, padding="CIRCULAR",
-                             conv_general_dilated=patch_conv, rngs=rngs)
+        self.head = _circular_conv(in_channels, hidden_channels[0], k, rngs=rngs)
+        self.tail = _circular_conv(hidden_channels[0], out_channels, k, rngs=rngs)
 
         def block(c: int) -> ModResidualBlock:
             return ModResidualBlock(c, mod_features, spatial, kernel_size, activation, rngs=rngs)

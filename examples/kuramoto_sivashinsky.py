@@ -3,8 +3,8 @@
 65 states of the 64-point KS grid (4160 numbers), observed at every 4th grid point of every 4th
 state with Gaussian noise 0.1 (normalised units), scenario ``sparse``, or through the saturating
 operator ``tanh(2x)``, scenario ``saturating`` (:mod:`numpyro_sda.scenarios`). One NumPyro model
-per scenario; SDA runs it with ``TrajectoryPrior(pretrained.load("ks"), 65)`` and its default
-settings, the baselines with ``FlatKuramotoSivashinsky().markov_prior(65, model_error=0.05)``
+per scenario; SDA runs it with ``TrajectoryPrior(pretrained.load("ks"), 65)`` (64 steps, C = 8
+with ``--full``), the baselines with ``FlatKuramotoSivashinsky().markov_prior(65, model_error=0.05)``
 (the true dynamics plus Gaussian model noise of std 0.05 in physical units; the localised
 square-root EnKS with 64 members, Gaspari–Cohn half-width 16 grid points, inflation 0.95, both
 tuned with ``--tune`` on held-out sets; weak 4D-Var from the EnKS mean; the bootstrap particle
@@ -16,20 +16,21 @@ the true system's data and is unchanged. Metrics (physical units): RMSE of the d
 spread/skill, CRPS, and the particle filter's ESS (minimum and median over the observed states);
 the table reports medians over the observation sets.
 
-Measured (2026-11-27, shared 2-core CPU), medians over the same 8 observation sets (seed 0),
-physical units (with model error: the baselines' KS equation has its anti-diffusion coefficient
-1.1 instead of 1; SDA's prior is unchanged). The SDA rows come from the earlier run on the same
-sets and keys (``--sets 8 --samples 32 --particles 1024 --steps 32 --corrections 4
---model-error``, load 2-4, 2837 s; ``benchmarks/results/ks_table_8sets_2026-11-27.*``), the
-baseline rows from the rerun with the tuned EnKS (``--methods enks,4dvar,bpf --sets 8 --samples
-32 --particles 1024 --model-error``, load 2-4, 961 s;
-``benchmarks/results/ks_baselines_tuned_8sets_2026-11-27.*``; its particle-smoother rows equal
-the earlier run's, as they should):
+Measured (shared 2-core CPU), medians over the same 8 observation sets (seed 0), physical units
+(with model error: the baselines' KS equation has its anti-diffusion coefficient 1.1 instead of
+1; SDA's prior is unchanged). SDA: the shipped prior (retrained 2026-11-28, validation loss
+0.0124), 64 steps with C = 8 (corrections on the steps ending at t <= 0.25), 32 draws:
+``--methods sda --sets 8 --samples 32 --steps 64 --corrections 8`` (the saturating sets run as
+``--sets 4`` and ``--first-set 4 --sets 4``; load ~2, 141-192 s per set;
+``benchmarks/results/ks_sda_prior2_64steps_c8_8sets_2026-11-28.*``). Baselines: the rerun with
+the tuned EnKS on the same sets and keys (``--methods enks,4dvar,bpf --sets 8 --samples 32
+--particles 1024 --model-error``, 2026-11-27, load 2-4, 961 s;
+``benchmarks/results/ks_baselines_tuned_8sets_2026-11-27.*``):
 
     =========  ======  ======  ============  ======   ===============================
     sparse      RMSE   spread  spread/skill   CRPS    with model error: RMSE / CRPS
     =========  ======  ======  ============  ======   ===============================
-    SDA         0.069   0.051      0.75       0.040   (prior unchanged) 0.069 / 0.040
+    SDA         0.032   0.031      1.01       0.017   (prior unchanged) 0.032 / 0.017
     EnKS        0.038   0.058      1.53       0.022   0.110 / 0.067
     4D-Var      0.048     –         –         0.027   0.088 / 0.067
     BPF         0.309   0.033      0.11       0.208   1.152 / 0.828 (ESS min 1)
@@ -38,16 +39,40 @@ the earlier run's, as they should):
     ==========  ======  ======  ============  ======   ===============================
     saturating   RMSE   spread  spread/skill   CRPS    with model error: RMSE / CRPS
     ==========  ======  ======  ============  ======   ===============================
-    SDA          0.176   0.116      0.68       0.088   (prior unchanged) 0.176 / 0.088
+    SDA          0.055   0.047      0.94       0.028   (prior unchanged) 0.055 / 0.028
     EnKS         0.070   0.077      1.09       0.033   0.230 / 0.141
     4D-Var       0.082     –         –         0.042   0.198 / 0.133
     BPF          0.588   0.027      0.04       0.401   1.228 / 0.874 (ESS min 1)
     ==========  ======  ======  ============  ======   ===============================
 
-With the true model, SDA does NOT reach the EnKS's CRPS (sparse 0.040 against 0.022, saturating
-0.088 against 0.033) and is under-dispersed (spread/skill 0.75 / 0.68); with the perturbed model
-it beats every baseline in both scenarios. SDA ran 32 steps with C = 4 (not its defaults) to fit
-the CPU.
+With the true model and the tuned EnKS, SDA has the lowest CRPS in both scenarios (sparse 0.017
+against the EnKS's 0.022; saturating 0.028 against 0.033), with spread/skill 1.01 and 0.94; set
+by set it beats the EnKS on 8 of 8 sparse and 7 of 8 saturating sets (median CRPS ratio 0.79 and
+0.80) and 4D-Var on 8 and 7 of 8. With the perturbed model it beats every baseline on every set
+(CRPS ratio to the EnKS 0.27 and 0.18). SDA costs 141-192 s per set for 32 draws on this CPU
+against 0.3 s for the EnKS (median wall time of its run).
+
+How SDA got there (CRPS per 'saturating' set 0-3; medians over 8 sets with spread/skill):
+
+    ==============================================  =================================  ==============
+    prior, sampler                                  sets 0 / 1 / 2 / 3                 8-set median
+    ==============================================  =================================  ==============
+    first prior (0.0288), 32 steps, C = 4           0.057 / 0.097 / 0.075 / 0.103      0.092, 0.71
+    first prior, SDA defaults (64 steps, C = 32)    0.211 / 0.255 / 0.193 / 0.214      collapsed
+    shipped prior (0.0124), 32 steps, C = 4         0.027 / 0.040 / 0.040 / 0.046      0.039, 0.97
+    shipped prior, 64 steps, C = 8                  0.022 / 0.030 / 0.027 / 0.034      0.028, 0.94
+    shipped prior, SDA defaults (64 steps, C = 32)  0.023 (set 0 only, 470 s)          –
+    ==============================================  =================================  ==============
+
+The first prior (channels (16, 32, 64), one block per level, 1500 steps in 30 minutes before the
+UNet's CPU convolutions were made fast) was under-dispersed at C = 4 and collapsed at SDA's
+defaults (spread/skill 0.18-0.25 on 5 of 5 sets: many corrections drove the draws toward the
+errors of the score). The shipped prior (channels (32, 64, 128), two blocks, 27,600 steps in the
+same 30 minutes) halves the CRPS at the same sampler, is calibrated, and no longer collapses at
+the defaults (set 0: CRPS 0.023, spread/skill 0.86); 64 steps with C = 8 is as good as the
+defaults there at a third of the cost and is what the table and ``numpyro-sda demo --system ks``
+use (sparse at 32 steps, C = 4: CRPS 0.0199, spread/skill 0.93;
+``benchmarks/results/ks_sda_prior2_32steps_c4_8sets_2026-11-28.*``).
 
 The EnKS half-width and inflation were tuned with the true model (``--tune``: median CRPS over 4
 held-out sets per scenario, keys ``fold_in(PRNGKey(1000), i)``; the default grid, half-widths
@@ -64,18 +89,6 @@ a higher CRPS.
 With model error the tuned EnKS is worse than the untuned one (CRPS sparse 0.059 -> 0.067,
 saturating 0.124 -> 0.141; spread/skill 0.53 / 0.37): the settings tuned for the true model
 spread the ensemble less, which the perturbed model does not afford; 4D-Var is unchanged to 0.001.
-
-SDA's Lorenz-63-tuned defaults do NOT transfer to this prior (rerun 2026-11-27, after the UNet's
-convolutions became patch matrix products on CPU). ``--methods sda --sets 8 --samples 32
---steps 32 --corrections 4`` (corrections now only on the steps ending at t <= 0.25, SDA's
-``correct_below``; 493 s in all, 14-16 s per set; ``benchmarks/results/ks_sda_32steps_c4_8sets_*``)
-reproduces the rows above: sparse CRPS 0.0397, spread/skill 0.75; saturating 0.0916, 0.71. At
-SDA's defaults (64 steps, C = 32; ``--steps 64 --corrections 32``, about 104 s per set;
-``benchmarks/results/ks_sda_defaults_5sets_saturating_*``, stopped after 5 saturating sets) the
-draws collapse: CRPS 0.19-0.31 and spread/skill 0.18-0.25 on every one of the 5 sets, against
-0.057-0.17 and 0.43-1.07 at 32 steps, C = 4, on the same sets. Many Langevin corrections drive
-the draws toward the errors of this short-trained score (1500 steps); the small default and the
-table keep C = 4.
 
     python examples/kuramoto_sivashinsky.py                  # small: 2 sets, few draws (minutes)
     python examples/kuramoto_sivashinsky.py --full --model-error --json ks.json   # 8 sets
@@ -124,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     tables: dict[str, list[pd.DataFrame]] = {}
     t_start = time.perf_counter()
     for name in args.scenarios:
-        for i in range(args.sets):
+        for i in range(args.first_set, args.first_set + args.sets):
             key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
             k_scn, k_run = jax.random.split(key)
             scn = ks_scenario(k_scn, name)
@@ -143,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
                 tables.setdefault(f"{name}, model error", []).append(ks_table(scn, res_me))
             print(tables[name][-1].round(4).to_string(), flush=True)
             if args.json:  # per-set rows so far (an interrupted run keeps what finished)
-                rows = [dict(label=label, set=j, method=m, **t.loc[m].to_dict())
+                rows = [dict(label=label, set=args.first_set + j, method=m, **t.loc[m].to_dict())
                         for label, ts in tables.items() for j, t in enumerate(ts)
                         for m in t.index]
                 with open(args.json + ".sets.json", "w") as f:
@@ -223,9 +236,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="draws per method")
     parser.add_argument("--particles", type=int, default=None, help="particle-smoother particles")
     parser.add_argument("--steps", type=int, default=None,
-                        help="SDA steps (default: SDA's default with --full, 64 otherwise)")
+                        help="SDA steps (default 64)")
     parser.add_argument("--corrections", type=int, default=None,
-                        help="SDA Langevin corrections per step (default: SDA's; small: 1)")
+                        help="SDA Langevin corrections per corrected step (default: 8 with "
+                             "--full, 1 otherwise)")
     parser.add_argument("--scenario", choices=sorted(KS_SCENARIOS), action="append",
                         dest="scenarios", help="scenario(s) to run (default: all)")
     parser.add_argument("--model-error", action="store_true",
@@ -242,6 +256,8 @@ def main() -> None:
                         help=f"--tune: comma-separated half-widths (default {LOCALIZATIONS})")
     parser.add_argument("--prior", default=None, help="a prior file instead of the shipped one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the observation sets")
+    parser.add_argument("--first-set", type=int, default=0,
+                        help="index of the first observation set (to split a run)")
     parser.add_argument("--json", default=None, help="write the median tables to this file")
     args = parser.parse_args()
     full = args.full
@@ -265,10 +281,10 @@ def main() -> None:
     args.sets = args.sets or (8 if full else 2)
     args.samples = args.samples or (256 if full else 32)
     args.particles = args.particles or (4096 if full else 1024)
-    if args.steps is None and not full:
+    if args.steps is None:
         args.steps = 64
-    if args.corrections is None and not full:
-        args.corrections = 1
+    if args.corrections is None:  # --full: C = 8 matches SDA's C = 32 here at a third of the cost
+        args.corrections = 8 if full else 1
     medians = run(args)
     if args.json:
         with open(args.json, "w") as f:

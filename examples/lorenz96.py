@@ -16,23 +16,27 @@ and is unchanged. Metrics (physical units): RMSE of the draws (of the estimate f
 spread/skill, CRPS; the tables are medians over the observation sets (keys
 ``fold_in(PRNGKey(seed), i)``).
 
-Measured (2026-11-27, shared 2-core CPU, load about 2: this run alone), ``--full --samples 32
---model-error`` (8 sets, 32 SDA draws, SDA's defaults: 64 steps, C = 32 on the steps ending at
-t <= 0.25; 1823 s; ``benchmarks/results/lorenz96_table_8sets_2026-11-27.*``), medians, physical
-units (the attractor's standard deviation is 6.3):
+Measured (2026-11-28, shared 2-core CPU, load 2-3.5: other jobs ran beside it part of the time),
+``--full --samples 32 --model-error`` (8 sets, 32 SDA draws, SDA's defaults: 64 steps, C = 32 on
+the steps ending at t <= 0.25; 2479 s; ``benchmarks/results/lorenz96_prior2_table_8sets_2026-11-28.*``),
+with the shipped prior retrained on 2026-11-28 (validation loss 0.090), medians, physical units
+(the attractor's standard deviation is 6.3):
 
     ======  ======  ======  ============  ======  ==================================
     true     RMSE   spread  spread/skill   CRPS   model error (F = 15): RMSE / CRPS
     ======  ======  ======  ============  ======  ==================================
-    SDA      1.338   2.049      1.52       0.546  (prior unchanged) 1.338 / 0.546
+    SDA      1.127   2.025      1.78       0.420  (prior unchanged) 1.127 / 0.420
     EnKS     1.624   0.973      0.60       0.696  1.621 / 0.681
     4D-Var   0.434     –         –         0.315  0.521 / 0.372
     ======  ======  ======  ============  ======  ==================================
 
-SDA beats the (untuned) EnKS in RMSE and CRPS and loses to weak 4D-Var, which is given the exact
-dynamics (and, with F = 15, still a close model); SDA is over-dispersed (spread/skill 1.52) with
-a prior trained for only 14,000 steps (:mod:`numpyro_sda.pretrained`). SDA takes about 200 s per
-set for 32 draws at its defaults, the baselines under a second.
+SDA beats the (untuned) EnKS in RMSE and CRPS (on 7 of 8 sets) and loses to weak 4D-Var, which
+is given the exact dynamics (and, with F = 15, still a close model). The first shipped prior
+(14,000 steps, validation loss 0.103; ``benchmarks/results/lorenz96_table_8sets_2026-11-27.*``)
+gave SDA RMSE 1.338, spread/skill 1.52, CRPS 0.546: the retrained prior lowers the CRPS on 8 of 8
+sets (median 0.42 vs 0.55) but leaves SDA over-dispersed, more so (1.78): its spread is about the
+same, its error smaller. SDA takes 194-367 s per set for 32 draws at its defaults here, the
+baselines under a second.
 
     python examples/lorenz96.py                        # small: 2 sets, 32 draws, 64 steps, C = 1
     python examples/lorenz96.py --full --model-error   # 8 sets, 64 draws, SDA's defaults

@@ -75,12 +75,14 @@ class TrainResult:
             passed in, updated in place; the EMA weights when ``ema`` is set).
         history: ``{"step", "train_loss", "valid_loss", "lr", "elapsed"}`` numpy arrays, one
             entry per validation (``train_loss`` is the mean loss of the steps since the
-            previous entry; ``elapsed`` is wall time in seconds).
+            previous entry; ``elapsed`` is wall time in seconds, counted over every run a
+            resumed run continues).
         stop_reason: ``"completed"``, ``"nan"`` (a non-finite loss; the last finite state is
             kept), ``"time_limit"`` or ``"callback"`` (Ctrl-C raises ``KeyboardInterrupt``
             after saving; see :func:`train_score`).
         step: the number of optimiser steps reached.
-        elapsed: training wall time in seconds (compilation included).
+        elapsed: training wall time in seconds (compilation included), summed over the runs
+            of a resumed training (the checkpoint records it).
     """
 
     score: LocalScore
@@ -421,16 +423,21 @@ class _Checkpointer:
         if self.path is not None:
             check_writable(self.path)
 
-    def save(self, carry: tuple) -> None:
+    def save(self, carry: tuple, elapsed: float) -> None:
+        """Write ``carry``; ``elapsed`` (training seconds so far, over every resumed run) goes
+        into the header next to the settings, so that a resumed run reports its whole time."""
         if self.path is None:
             return
         p, o, e, n = carry
         nnx.update(self.score, p)
         save_score(self.path, self.score, opt_state=o, ema=e, step=int(n),
-                   config=self.settings, normalization=self.score.normalization)
+                   config={**self.settings, "elapsed": round(float(elapsed), 3)},
+                   normalization=self.score.normalization)
 
     def restore(self, opt_state, ema_params) -> tuple | None:
-        """``(params, opt_state, ema, step)`` from the checkpoint, or ``None`` when absent."""
+        """``((params, opt_state, ema, step), elapsed)`` from the checkpoint (``elapsed``: the
+        training seconds it records, 0 for checkpoints written before it did), or ``None`` when
+        absent."""
         if self.path is None or not self.path.is_file():
             return None
         ckpt = load_checkpoint(self.path, self.score, use_ema=False)  # checks the architecture
@@ -446,7 +453,8 @@ class _Checkpointer:
         params = nnx.state(self.score, nnx.Param)
         opt_state = ckpt.opt_state(opt_state)
         ema_params = ckpt.ema(params) if ema_params is not None else None
-        return params, opt_state, ema_params, int(ckpt.step or 0)
+        elapsed = float(ckpt.training.get("elapsed") or 0.0)
+        return (params, opt_state, ema_params, int(ckpt.step or 0)), elapsed
 
 
 def run_chunks(run_chunk, carry, rest, data, key, *, start: int, steps: int, chunk: int):
@@ -524,7 +532,8 @@ def train_score(
             validation loss is comparable between evaluations).
         normalization: ``(mean, std)`` of the data, recorded on the score and in checkpoints
             (default: taken from a normalised ``TrajectoryDataset``).
-        time_limit: stop (after the current chunk) when this many seconds have passed.
+        time_limit: stop (after the current chunk) when this many seconds have passed in this
+            call (a resumed run gets its own limit).
         callback: ``callback(step, train_loss, valid_loss)`` after each chunk; returning
             ``True`` stops training.
         precision: ``"bf16"`` or ``"fp32"``: switch the score's compute precision before
@@ -582,8 +591,11 @@ def train_score(
     )
     carry = (params, tx.init(params),
              jax.tree_util.tree_map(jnp.copy, params) if config.ema is not None else None, 0)
+    previous_elapsed = 0.0  # training seconds of the runs this one resumes
     if resume:
-        carry = checkpointer.restore(carry[1], carry[2]) or carry
+        restored = checkpointer.restore(carry[1], carry[2])
+        if restored is not None:
+            carry, previous_elapsed = restored
         graphdef, _, rest = nnx.split(score, nnx.Param, ...)
     start = int(carry[3])
     carry = (*carry[:3], jnp.asarray(start, jnp.int32))
@@ -619,13 +631,13 @@ def train_score(
             carry, step = new_carry, step + length
             tloss = float(losses.mean())
             for k, v in zip(history, (step, tloss, vloss, float(lr_at(step)),
-                                      time.perf_counter() - t0), strict=True):
+                                      previous_elapsed + time.perf_counter() - t0), strict=True):
                 history[k].append(v)
             if bar is not None:
                 bar.update(length)
                 bar.set_postfix(train=f"{tloss:.4f}", valid=f"{vloss:.4f}")
             if step - last_saved >= checkpointer.every and step < config.steps:
-                checkpointer.save(carry)
+                checkpointer.save(carry, previous_elapsed + time.perf_counter() - t0)
                 last_saved = step
             if time_limit is not None and time.perf_counter() - t0 >= time_limit and step < config.steps:
                 stop_reason = "time_limit"
@@ -641,13 +653,13 @@ def train_score(
         if bar is not None:
             bar.close()
     if step > last_saved or (checkpointer.path is not None and not checkpointer.path.exists()):
-        checkpointer.save(carry)
+        checkpointer.save(carry, previous_elapsed + time.perf_counter() - t0)
     p, _, e, _ = carry
     nnx.update(score, e if e is not None else p)
     if interrupted:
         where = f"; checkpoint {checkpoint} holds step {step}" if checkpoint is not None else ""
         raise KeyboardInterrupt(f"train_score interrupted after step {step}{where}")
-    elapsed = time.perf_counter() - t0
+    elapsed = previous_elapsed + time.perf_counter() - t0
     hist = {k: np.asarray(v, np.float64 if k != "step" else np.int64) for k, v in history.items()}
     return TrainResult(score, hist, stop_reason, step, elapsed, settings)
 

@@ -13,8 +13,9 @@ transform :math:`X^a = X T`:
   :math:`S = R^{-1/2} Y`, :math:`P_w = ((N-1) I + S^\top S)^{-1}`, :math:`\bar w = P_w S^\top
   R^{-1/2} d`: :math:`T = \mathbf{1}\mathbf{1}^\top/N + \Pi(\bar w \mathbf{1}^\top + [(N-1)P_w]^{1/2})`.
 
-Localisation (Lorenz-96 and other 1-D periodic states) uses the Gaspari & Cohn (1999) taper
-:math:`\rho` with half-width ``localization`` (zero beyond twice it): one transform per state
+Localisation (states on a 1-D or 2-D periodic grid: Lorenz-96, Kuramoto–Sivashinsky, Kolmogorov
+vorticity) uses the Gaspari & Cohn (1999) taper :math:`\rho` of the wrapped Euclidean grid
+distance with half-width ``localization`` (zero beyond twice it): one transform per state
 variable :math:`i` (LETKF-style R-localisation, :math:`R_i^{-1} = \rho_i R^{-1}`, for the
 square root; tapered gain :math:`\rho_i \circ K` with :math:`\rho_{yy} \circ YY^\top` for the
 stochastic filter). Observation positions are read off the model (the state components each
@@ -76,6 +77,7 @@ __all__ = [
     "enks_backward",
     "etkf_transform",
     "gaspari_cohn",
+    "localization_grid",
     "mean_preserving_rotation",
     "periodic_tapers",
     "stochastic_transform",
@@ -143,31 +145,52 @@ def whiten_mvn(model: Callable) -> Callable:
 
 class GaussianObservations(NamedTuple):
     """Per-time padded Gaussian observations ``y_t = h_t(x_t) + N(0, diag(r_t^2))`` and, for
-    localisation, the state-component position of each observed element (``None`` without)."""
+    localisation, the grid coordinates of each observed element (``None`` without)."""
 
     split: TimeSplit
     y: Array  # (L, M), zero where masked
     r: Array  # (L, M), one where masked
     mask: Array  # (L, M)
-    positions: Array | None  # (L, M)
+    positions: Array | None  # (L, M, ndim) grid coordinates
+    grid: tuple[int, ...] | None = None  # the periodic grid of the localisation
 
 
-def _component_locations(loc_of, points, L, size, key) -> np.ndarray:
-    """Mean state-component index each flat observation depends on (-1 if none)."""
+def localization_grid(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The periodic grid that localisation measures distances on: the state shape without its
+    axes of size 1 (``(32,)``, ``(1, 64)`` -> 1-D; ``(1, 64, 64)`` -> 2-D). Several channels at
+    one grid point (e.g. velocity ``(2, 64, 64)``) are not supported."""
+    grid = tuple(int(d) for d in shape if d != 1)
+    if len(grid) not in (1, 2):
+        raise ValueError(
+            "localization needs states on a 1-D or 2-D periodic grid (axes of size 1 allowed, "
+            f"one channel), got state shape {tuple(shape)}"
+        )
+    return grid
+
+
+def _component_locations(loc_of, points, L, grid, key, chunk: int = 256) -> np.ndarray:
+    """Grid coordinates ``(n, len(grid))`` of the state components each flat observation
+    depends on: per axis the circular mean of the coordinates of those components (exact for
+    a single component or a contiguous block; 0 if none). Dependence is read off
+    Jacobian-vector products at random points, ``chunk`` components at a time."""
+    size = int(np.prod(grid))
     n = int(jax.eval_shape(loc_of, points[0]).shape[0])
     dep = np.zeros((n, size), bool)
     for p, k in zip(points, jax.random.split(key, points.shape[0]), strict=True):
-        def one(j, kk, p=p):
+        def one(inp, p=p):
+            j, kk = inp
             v = jax.random.normal(kk, (L,), p.dtype)
             tangent = jnp.zeros((L, size), p.dtype).at[:, j].set(v).reshape(p.shape)
             _, jv = jax.jvp(loc_of, (p,), (tangent,))
             return (jv != 0) | ~jnp.isfinite(jv)
 
-        d = jax.jit(jax.vmap(one))(jnp.arange(size), jax.random.split(k, size))
+        d = jax.jit(lambda js, ks: jax.lax.map(one, (js, ks), batch_size=chunk))(
+            jnp.arange(size), jax.random.split(k, size))
         dep |= np.asarray(d).T
-    cnt = dep.sum(1)
-    pos = (dep * np.arange(size)).sum(1) / np.maximum(cnt, 1)
-    return np.where(cnt > 0, pos, -1.0)
+    coords = np.stack(np.unravel_index(np.arange(size), grid), axis=-1)  # (size, ndim)
+    angles = np.exp(2j * np.pi * coords / np.asarray(grid))  # (size, ndim)
+    mean = np.angle(dep.astype(np.complex128) @ angles)  # (n, ndim); 0 where no dependence
+    return np.mod(mean * np.asarray(grid) / (2 * np.pi), np.asarray(grid))
 
 
 def gaussian_observations(traced: TracedModel, key: Array, method: str,
@@ -175,7 +198,6 @@ def gaussian_observations(traced: TracedModel, key: Array, method: str,
     """Read the per-time Gaussian observation model off a traced (whitened) model."""
     prior = traced.prior
     L, shape = prior.length, prior.state_shape
-    size = int(np.prod(shape, dtype=int))
     points, loc_of, split = gaussian_markov_split(traced, key, method)
     _, r0, m0 = gaussian_sites(traced, points[0])
     _, r1, _ = gaussian_sites(traced, points[1])
@@ -184,28 +206,35 @@ def gaussian_observations(traced: TracedModel, key: Array, method: str,
     y_all = observed_flat(traced, points[0])
     idx = jnp.asarray(split.index)
     msk = jnp.asarray(split.mask) & m0[idx]
-    positions = None
+    positions = grid = None
     if localize:
-        if len(shape) != 1:
-            raise ValueError(f"localization needs 1-D (periodic) states, got state shape {shape}")
-        comp = _component_locations(loc_of, points, L, size, jax.random.fold_in(key, 2))
+        grid = localization_grid(shape)
+        comp = _component_locations(loc_of, points, L, grid, jax.random.fold_in(key, 2))
         positions = jnp.asarray(comp)[idx]
     return GaussianObservations(
         split, jnp.where(msk, y_all[idx], 0.0), jnp.where(msk, r0[idx], 1.0), msk, positions,
+        grid,
     )
 
 
 # ---------------------------------------------------------------------------------- analysis
-def periodic_tapers(positions: Array, size: int, radius: float) -> tuple[Array, Array]:
-    """Gaspari–Cohn tapers on a periodic 1-D grid of ``size`` points: state–observation
-    ``(size, M)`` and observation–observation ``(M, M)``."""
-    grid = jnp.arange(size)
+def periodic_tapers(positions: Array, grid: int | tuple[int, ...],
+                    radius: float) -> tuple[Array, Array]:
+    """Gaspari–Cohn tapers on a periodic grid (``grid``: its size, or its shape for 2-D):
+    state–observation ``(prod(grid), M)`` and observation–observation ``(M, M)``, from the
+    observations' grid coordinates ``positions`` ``(M,)`` (1-D) or ``(M, len(grid))``. The
+    distance is Euclidean with each axis wrapped, :math:`d_a = \\min(|\\Delta_a|, n_a - |\\Delta_a|)`."""
+    shape = (grid,) if np.ndim(grid) == 0 else tuple(grid)
+    n = jnp.asarray(shape, jnp.float32)
+    pos = positions.reshape(positions.shape[0], len(shape))
+    cells = jnp.stack(jnp.unravel_index(jnp.arange(int(np.prod(shape))), shape), axis=-1)
 
     def taper(a, b):
-        dd = jnp.abs(a[:, None] - b[None, :])
-        return gaspari_cohn(jnp.minimum(dd, size - dd) / radius)
+        dd = jnp.abs(a[:, None, :] - b[None, :, :])
+        dd = jnp.minimum(dd, n - dd)
+        return gaspari_cohn(jnp.sqrt(jnp.sum(dd**2, axis=-1)) / radius)
 
-    return taper(grid, positions), taper(positions, positions)
+    return taper(cells.astype(pos.dtype), pos), taper(pos, pos)
 
 
 def stochastic_transform(key: Array, Y: Array, HE: Array, y: Array, r: Array, m: Array,
@@ -417,7 +446,7 @@ class _EnsembleKalman(InferenceMethod):
             def do():
                 k1, k2 = jax.random.split(key)
                 tapers = (None if obs.positions is None else
-                          periodic_tapers(obs.positions[t], size, s.localization))
+                          periodic_tapers(obs.positions[t], obs.grid, s.localization))
                 T = analysis_transform(k1, sh.split(observe(E, t)), obs.y[t], obs.r[t],
                                        obs.mask[t], s.variant, tapers)
                 if s.rotate:
@@ -493,7 +522,8 @@ class EnKF(_EnsembleKalman):
             first ``M <= N`` members (default all).
         variant: ``"stochastic"`` (perturbed observations) or ``"sqrt"`` (ETKF / LETKF).
         inflation: multiplicative inflation :math:`\\lambda` applied after each analysis.
-        localization: Gaspari–Cohn half-width in grid points for 1-D periodic states, or None.
+        localization: Gaspari–Cohn half-width in grid points for states on a 1-D or 2-D
+            periodic grid (axes of size 1 are dropped: ``(32,)``, ``(1, 64, 64)``), or None.
         rotate: post-multiply each analysis transform by a random mean-preserving rotation
             (DAPPER's ``rot=True``), which keeps small square-root ensembles from clustering.
         mesh: the devices the ensemble members are split over: ``None`` (default: every

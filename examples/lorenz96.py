@@ -59,6 +59,7 @@ from numpyro_sda import SDA, TrajectoryPrior, pretrained, systems
 from numpyro_sda.baselines import EnKS, FourDVar
 from numpyro_sda.checkpoint import load_score
 from numpyro_sda.comparison import compare, to_markdown
+from numpyro_sda.guidance import SDAGuidance
 
 LENGTH = 65
 #: the forcing of the imperfect model of ``--model-error`` (the truth has F = 16)
@@ -114,13 +115,15 @@ def run(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
     """Run the sets; returns ``{label: median table}`` and prints the tables."""
     system = systems.Lorenz96()
     score = load_score(args.prior) if args.prior else pretrained.load("lorenz96")
+    guidance = (SDAGuidance(gamma=args.gamma) if args.gamma is not None else args.guidance)
     sda = SDA(model, progress=False, **{k: v for k, v in (("steps", args.steps),
-                                                         ("corrections", args.corrections))
+                                                         ("corrections", args.corrections),
+                                                         ("guidance", guidance))
                                          if v is not None})
     prior = TrajectoryPrior(score, length=LENGTH)
     tables: dict[str, list[pd.DataFrame]] = {}
     t_start = time.perf_counter()
-    for i in range(args.sets):
+    for i in range(args.first_set, args.first_set + args.sets):
         key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
         k_set, k_sda, k_base = jax.random.split(key, 3)
         truth, y = observation_set(system, k_set)
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
         print(f"\n### Lorenz-96, {label}: medians over {len(ts)} observation sets\n")
         print(to_markdown(med[[c for c in COLUMNS if c in med.columns]]))
     print(f"\nSDA: {sda.settings['steps']} steps, C = {sda.settings['corrections']}, "
+          f"guidance {sda.settings['guidance']!r}, "
           f"{args.samples} draws; total {time.perf_counter() - t_start:.0f} s")
     return medians
 
@@ -155,6 +159,12 @@ def main() -> None:
                         help="SDA steps (default: SDA's with --full, 64 otherwise)")
     parser.add_argument("--corrections", type=int, default=None,
                         help="SDA corrections per step (default: SDA's with --full, 1 otherwise)")
+    parser.add_argument("--guidance", choices=("sda", "mmps", "dps"), default=None,
+                        help="SDA's guidance, with its own defaults (default: SDA's default)")
+    parser.add_argument("--gamma", type=float, default=None,
+                        help="SDAGuidance(gamma) (SDA's default guidance has 0.01)")
+    parser.add_argument("--first-set", type=int, default=0,
+                        help="index of the first observation set (to split a run)")
     parser.add_argument("--model-error", action="store_true",
                         help=f"also run the baselines with the forcing F = {MODEL_ERROR_F:g}")
     parser.add_argument("--prior", default=None, help="a prior file instead of the shipped one")

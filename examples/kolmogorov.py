@@ -38,7 +38,12 @@ Measured (2026-11-28, shared 2-core CPU, load about 2, alone): ``--sets 8 --scen
 
 SDA with the shipped prior (4750 GPU training steps) and this cheap sampler ties with the tuned
 localised EnKS on the coarse model: its CRPS is lower on 5 of 8 sets (per-set ratios 0.95-1.03),
-its RMSE lower, and it is under-dispersed (spread/skill 0.61). ``--methods enks-exact`` (the 256²
+its RMSE lower, and it is under-dispersed (spread/skill 0.61). More corrections do not help:
+C = 4 (``--sets 2 --methods sda --corrections 4``, 370 s per set;
+``benchmarks/results/kolmogorov_sparse_sda_c4_2sets_2026-11-28.log``) raised the CRPS on both sets
+(1.347 -> 1.379, 1.315 -> 1.342) and lowered spread/skill (0.60 -> 0.53, 0.58 -> 0.51), as C = 32
+did with the first, under-trained KS prior: the prior, trained for 4750 steps, limits SDA here.
+``--methods enks-exact`` (the 256²
 model, transition noise 0.2, 8 spin-up transitions; untuned) took 266 s for one set and was worse
 (CRPS 1.78, spread/skill 0.33): its ensemble starts too close to white noise and its noise and
 inflation need their own tuning, which these CPUs could not afford in the session; the

@@ -58,7 +58,6 @@ true-model row is open.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -66,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from numpyro_sda.checkpoint import load_score
-from numpyro_sda.comparison import compare, to_markdown
+from numpyro_sda.comparison import compare, medians_over_sets, set_rows, to_markdown, write_json
 from numpyro_sda.demo import KOLMOGOROV_BASELINES, kolmogorov_methods, run_kolmogorov_demo
 from numpyro_sda.scenarios import KOLMOGOROV_SCENARIOS, kolmogorov_scenario
 
@@ -105,17 +104,10 @@ def table(args: argparse.Namespace) -> dict:
             tables.setdefault(name, []).append(t)
             print(t.round(4).to_string(), flush=True)
             if args.json:  # per-set rows so far (an interrupted run keeps what finished)
-                rows = [dict(scenario=label, set=args.first_set + j, method=m, **tt.loc[m])
-                        for label, ts in tables.items() for j, tt in enumerate(ts)
-                        for m in tt.index]
-                with open(args.json + ".sets.json", "w") as f:
-                    json.dump(rows, f, indent=1)
-    medians = {}
-    for name, ts in tables.items():
-        med = pd.concat(ts).groupby(level=0, sort=False).median()
-        med.insert(0, "sets", len(ts))
-        medians[name] = med
-        print(f"\n### Kolmogorov '{name}': medians over {len(ts)} observation sets\n")
+                write_json(args.json + ".sets.json", set_rows(tables, args.first_set))
+    medians = medians_over_sets(tables)
+    for name, med in medians.items():
+        print(f"\n### Kolmogorov '{name}': medians over {med['sets'].iloc[0]} observation sets\n")
         print(to_markdown(med))
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     return medians
@@ -193,9 +185,8 @@ def main() -> None:
         args.methods = tuple(METHODS[n] for n in METHODS if n in names)
         medians = table(args)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({k: v.reset_index().to_dict(orient="records")
-                           for k, v in medians.items()}, f, indent=1)
+            write_json(args.json, {k: v.reset_index().to_dict(orient="records")
+                                   for k, v in medians.items()})
         return
     scenarios = args.scenarios or (list(KOLMOGOROV_SCENARIOS) if args.full else ["coarse"])
     settings = (dict(length=17, num_samples=64, ensemble_size=64) if args.full else

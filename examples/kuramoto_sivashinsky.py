@@ -99,7 +99,6 @@ spread the ensemble less, which the perturbed model does not afford; 4D-Var is u
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -108,7 +107,7 @@ import pandas as pd
 
 from numpyro_sda import pretrained
 from numpyro_sda.checkpoint import load_score
-from numpyro_sda.comparison import to_markdown
+from numpyro_sda.comparison import medians_over_sets, set_rows, to_markdown, write_json
 from numpyro_sda.demo import KS_BASELINES, ks_methods, ks_table
 from numpyro_sda.scenarios import KS_SCENARIOS, ks_scenario
 
@@ -156,17 +155,10 @@ def run(args: argparse.Namespace) -> dict:
                 tables.setdefault(f"{name}, model error", []).append(ks_table(scn, res_me))
             print(tables[name][-1].round(4).to_string(), flush=True)
             if args.json:  # per-set rows so far (an interrupted run keeps what finished)
-                rows = [dict(label=label, set=args.first_set + j, method=m, **t.loc[m].to_dict())
-                        for label, ts in tables.items() for j, t in enumerate(ts)
-                        for m in t.index]
-                with open(args.json + ".sets.json", "w") as f:
-                    json.dump(rows, f, indent=1)
-    medians = {}
-    for label, ts in tables.items():
-        med = pd.concat(ts).groupby(level=0, sort=False).median()
-        med.insert(0, "sets", len(ts))
-        medians[label] = med
-        print(f"\n### KS '{label}': medians over {len(ts)} observation sets\n")
+                write_json(args.json + ".sets.json", set_rows(tables, args.first_set))
+    medians = medians_over_sets(tables)
+    for label, med in medians.items():
+        print(f"\n### KS '{label}': medians over {med['sets'].iloc[0]} observation sets\n")
         print(to_markdown(med[[c for c in ("sets", "rmse", "spread", "spread_skill", "crps",
                                            "ess_min", "ess_median", "wall_time")
                                if c in med.columns]]))
@@ -287,9 +279,8 @@ def main() -> None:
         args.corrections = 8 if full else 1
     medians = run(args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({k: v.reset_index().to_dict(orient="records") for k, v in medians.items()},
-                      f, indent=1)
+        write_json(args.json, {k: v.reset_index().to_dict(orient="records")
+                               for k, v in medians.items()})
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ baselines under a second.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
@@ -58,7 +57,7 @@ import pandas as pd
 from numpyro_sda import SDA, TrajectoryPrior, pretrained, systems
 from numpyro_sda.baselines import EnKS, FourDVar
 from numpyro_sda.checkpoint import load_score
-from numpyro_sda.comparison import compare, to_markdown
+from numpyro_sda.comparison import compare, medians_over_sets, to_markdown, write_json
 from numpyro_sda.guidance import SDAGuidance
 
 LENGTH = 65
@@ -136,12 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
                 table({"SDA": results["SDA"], **wrong}, truth, system))
         print(f"[{time.perf_counter() - t_start:.0f} s] set {i}\n"
               f"{tables['true model'][-1][list(COLUMNS[1:])].round(4).to_string()}", flush=True)
-    medians = {}
-    for label, ts in tables.items():
-        med = pd.concat(ts).groupby(level=0, sort=False).median(numeric_only=True)
-        med.insert(0, "sets", len(ts))
-        medians[label] = med
-        print(f"\n### Lorenz-96, {label}: medians over {len(ts)} observation sets\n")
+    medians = medians_over_sets(tables)
+    for label, med in medians.items():
+        print(f"\n### Lorenz-96, {label}: medians over {med['sets'].iloc[0]} observation sets\n")
         print(to_markdown(med[[c for c in COLUMNS if c in med.columns]]))
     print(f"\nSDA: {sda.settings['steps']} steps, C = {sda.settings['corrections']}, "
           f"guidance {sda.settings['guidance']!r}, "
@@ -178,9 +174,8 @@ def main() -> None:
         args.corrections = 1 if args.corrections is None else args.corrections
     medians = run(args)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({k: v.reset_index().to_dict(orient="records") for k, v in medians.items()},
-                      f, indent=1)
+        write_json(args.json, {k: v.reset_index().to_dict(orient="records")
+                               for k, v in medians.items()})
 
 
 if __name__ == "__main__":

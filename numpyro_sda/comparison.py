@@ -22,13 +22,18 @@ column              meaning (physical units when ``system`` is given)
 ==================  =========================================================================
 
 The frame prints as text (``print(df)`` / ``df.to_string()``) and as Markdown with
-:func:`to_markdown` (no dependency on ``tabulate``).
+:func:`to_markdown` (no dependency on ``tabulate``). Protocols over several observation sets
+keep one table per set and label (e.g. scenario): :func:`medians_over_sets` gives the medians the
+field reports, :func:`set_rows` the per-set rows, and :func:`write_json` writes either atomically.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +42,8 @@ import pandas as pd
 from numpyro_sda import metrics
 from numpyro_sda.results import InferenceMethod
 
-__all__ = ["compare", "to_markdown", "trajectories_of"]
+__all__ = ["compare", "to_markdown", "trajectories_of", "medians_over_sets", "set_rows",
+           "write_json"]
 
 
 def trajectories_of(result: Any, name: str = "result") -> np.ndarray:
@@ -226,3 +232,30 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
         cells = [str(idx), *(_fmt(v, floatfmt) for v in values)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def medians_over_sets(tables: Mapping[str, Sequence[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Per label, each method's median over the sets of every numeric column of its per-set
+    :func:`compare` tables, after a leading ``sets`` column (the number of sets)."""
+    medians = {}
+    for label, ts in tables.items():
+        med = pd.concat(ts).groupby(level=0, sort=False).median(numeric_only=True)
+        med.insert(0, "sets", len(ts))
+        medians[label] = med
+    return medians
+
+
+def set_rows(tables: Mapping[str, Sequence[pd.DataFrame]], first_set: int = 0) -> list[dict]:
+    """One record ``{"label", "set", "method", **metrics}`` per label, set and method, the sets
+    numbered from ``first_set`` (for a JSON log an interrupted run can be resumed from)."""
+    return [dict(label=label, set=first_set + j, method=m, **t.loc[m].to_dict())
+            for label, ts in tables.items() for j, t in enumerate(ts) for m in t.index]
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON through a temporary file and :func:`os.replace`, so that a reader
+    (or an interrupted run) never sees a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pandas as pd
 import pytest
 import scipy.stats
 
@@ -236,3 +237,25 @@ def test_log_likelihood_column_from_the_run_arguments():
     assert df.loc["kalman", "log_likelihood"] == given.loc["kalman", "log_likelihood"]
     assert np.isfinite(df.loc["kalman", "log_likelihood"])
     assert "log_likelihood" not in compare({"kalman": kal}).columns
+
+
+def test_medians_over_sets_rows_and_atomic_json(tmp_path):
+    import json
+
+    from numpyro_sda.comparison import medians_over_sets, set_rows, write_json
+
+    def one(a, b):
+        return pd.DataFrame({"crps": [a, b], "note": ["x", "y"]},
+                            index=pd.Index(["SDA", "EnKS"], name="method"))
+
+    tables = {"sparse": [one(1.0, 4.0), one(3.0, 2.0), one(2.0, 9.0)]}
+    med = medians_over_sets(tables)["sparse"]
+    assert list(med.columns) == ["sets", "crps"]  # non-numeric columns are dropped
+    assert med.loc["SDA", "crps"] == 2.0 and med.loc["EnKS", "crps"] == 4.0
+    assert (med["sets"] == 3).all()
+    rows = set_rows(tables, first_set=4)
+    assert [(r["set"], r["method"]) for r in rows[:3]] == [(4, "SDA"), (4, "EnKS"), (5, "SDA")]
+    path = tmp_path / "t.json"
+    write_json(path, rows)
+    assert json.loads(path.read_text()) == rows
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]  # no temporary file left

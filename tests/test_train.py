@@ -271,15 +271,15 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, small_data, ema):
                        callback=lambda step, *_: step >= 20, **kw)
     assert part.stop_reason == "callback" and part.step == 20
     assert load_checkpoint(tmp_path / "b.npz").step == 20
+    first = load_checkpoint(tmp_path / "b.npz").training["elapsed"]  # the first part's seconds
+    assert 0 < first <= part.elapsed
     # a differently initialised module: everything must come from the checkpoint
     resumed = train_score(tiny(seed=9), train, valid, checkpoint=tmp_path / "b.npz", resume=True,
                           **kw)
     assert resumed.step == 40 and resumed.stop_reason == "completed"
     assert params_equal(full.score, resumed.score)
     # the time of the first part counts: elapsed and the history continue from the checkpoint's
-    first = load_checkpoint(tmp_path / "b.npz").training["elapsed"]
-    assert first > 0 and resumed.elapsed > part.elapsed - 1e-3
-    assert resumed.history["elapsed"][0] > part.history["elapsed"][-1] - 1e-3
+    assert resumed.elapsed > first and resumed.history["elapsed"][0] > first
     np.testing.assert_array_equal(full.history["valid_loss"][2:], resumed.history["valid_loss"])
     assert params_equal(load_score(tmp_path / "a.npz"), load_score(tmp_path / "b.npz"))
     with pytest.raises(ValueError, match="settings differ"):

@@ -57,6 +57,7 @@ from numpyro_sda.ensemble import ScoreEnsemble  # noqa: E402
 from numpyro_sda.guidance import MMPS, SDAGuidance  # noqa: E402
 from numpyro_sda.infer import SDA  # noqa: E402
 from numpyro_sda.prior import TrajectoryPrior  # noqa: E402
+from numpyro_sda.sampling import piecewise_times  # noqa: E402
 
 CONFIGS = {
     # name: (pretrained prior, SDA settings); "default" is SDA()'s own defaults
@@ -140,6 +141,22 @@ CONFIGS = {
                                    dict(average=1)),
     "w9-avg1-s64-c64-below0.25": ("lorenz63_window9",
                                   dict(steps=64, corrections=64, correct_below=0.25),
+                                  dict(average=1)),
+    # session 22: where the predictor steps go (piecewise-uniform grids; the 17 corrected steps
+    # at t <= 0.25 and their C = 32 unchanged) and fewer corrections (the "hi" CPU budget)
+    "w9-avg1-mid72-c32": ("lorenz63_window9",
+                          dict(steps=96, corrections=32, correct_below=0.25,
+                               spacing=piecewise_times((1, 0.75, 0.25, 0), (8, 72, 16))),
+                          dict(average=1)),
+    "w9-avg1-mid16-c32": ("lorenz63_window9",
+                          dict(steps=36, corrections=32, correct_below=0.25,
+                               spacing=piecewise_times((1, 0.75, 0.25, 0), (4, 16, 16))),
+                          dict(average=1)),
+    "w9-avg1-s64-c16-below0.25": ("lorenz63_window9",
+                                  dict(steps=64, corrections=16, correct_below=0.25),
+                                  dict(average=1)),
+    "w9-avg1-s128-c8-below0.25": ("lorenz63_window9",
+                                  dict(steps=128, corrections=8, correct_below=0.25),
                                   dict(average=1)),
 }
 

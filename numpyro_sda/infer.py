@@ -40,6 +40,7 @@ import functools
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ from numpyro_sda.results import InferenceMethod
 from numpyro_sda.sampling import (
     SPACINGS,
     check_sampler_settings,
+    check_time_grid,
     corrected_steps,
     diffusion_times,
     predictor_corrector,
@@ -89,7 +91,7 @@ class SDASettings:
     corrections: int = 32
     tau: float = 0.25
     eta: float = 1.0
-    spacing: str = "uniform"
+    spacing: str | tuple[float, ...] = "uniform"
     correct_below: float = 0.25
     guidance: Guidance = DEFAULT_GUIDANCE
     bounds: Any = "auto"
@@ -115,8 +117,11 @@ class SDASettings:
         check_sampler_settings(self.steps, self.corrections, self.tau)
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        if not isinstance(self.spacing, str):
+            object.__setattr__(self, "spacing", check_time_grid(self.spacing, self.steps))
+        elif self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS} or a grid of times, got "
+                             f"{self.spacing!r}")
         if not 0.0 < self.correct_below <= 1.0:
             raise ValueError(f"correct_below must lie in (0, 1], got {self.correct_below}")
         object.__setattr__(self, "guidance", resolve(self.guidance))
@@ -227,8 +232,10 @@ class SDA(InferenceMethod):
         tau: Langevin step size factor :math:`\tau`.
         eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see
             :func:`numpyro_sda.sampling.reverse_step`.
-        spacing: the time grid of the reverse steps, ``"uniform"`` in :math:`t` or ``"edm"``
-            (uniform in :math:`(\sigma/\mu)^{1/7}`, more steps at low noise); see
+        spacing: the time grid of the reverse steps, ``"uniform"`` in :math:`t`, ``"edm"``
+            (uniform in :math:`(\sigma/\mu)^{1/7}`, more steps at low noise), or an explicit
+            grid of ``steps + 1`` decreasing times from 1 to 0 (e.g.
+            :func:`numpyro_sda.sampling.piecewise_times`); see
             :func:`numpyro_sda.sampling.diffusion_times`.
         correct_below: the corrections run only on the steps that end at a diffusion time
             :math:`t \le` ``correct_below`` (1: every step); the others are plain predictor
@@ -281,7 +288,7 @@ class SDA(InferenceMethod):
         corrections: int = SDASettings.corrections,
         tau: float = SDASettings.tau,
         eta: float = SDASettings.eta,
-        spacing: str = SDASettings.spacing,
+        spacing: str | Sequence[float] = SDASettings.spacing,
         correct_below: float = SDASettings.correct_below,
         guidance: Guidance | str = DEFAULT_GUIDANCE,
         bounds: Any = "auto",

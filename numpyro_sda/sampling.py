@@ -29,7 +29,7 @@ from numpyro_sda.sde import VPSDE
 
 __all__ = [
     "predictor_corrector", "reverse_step", "diffusion_times", "sample_trajectories",
-    "check_sampler_settings", "EpsFn", "corrected_steps",
+    "check_sampler_settings", "EpsFn", "corrected_steps", "piecewise_times", "check_time_grid",
 ]
 
 EpsFn = Callable[[Array, Array], Array]
@@ -56,7 +56,7 @@ def predictor_corrector(
     tau: float = 1.0,
     dtype=jnp.float32,
     x_init: Array | None = None,
-    spacing: str = "uniform",
+    spacing="uniform",
     eta: float = 0.0,
     correct_below: float = 1.0,
 ) -> Array:
@@ -71,7 +71,8 @@ def predictor_corrector(
         corrections: number of Langevin corrections :math:`C` per step.
         tau: Langevin step size factor :math:`\\tau`.
         x_init: optional starting point at :math:`t = 1` (default: a standard normal draw).
-        spacing: the time grid, ``"uniform"`` or ``"edm"`` (see :func:`diffusion_times`).
+        spacing: the time grid, ``"uniform"``, ``"edm"`` or an explicit grid of ``steps + 1``
+            times (see :func:`diffusion_times`).
         eta: stochasticity of the predictor (see :func:`reverse_step`).
         correct_below: the corrections run only on the steps that end at a time
             :math:`s \\le` ``correct_below`` (1: every step); see :func:`corrected_steps`.
@@ -98,7 +99,7 @@ def predictor_corrector(
 
 
 def corrected_steps(steps: int, correct_below: float = 1.0, sde: VPSDE | None = None,
-                    spacing: str = "uniform"):
+                    spacing="uniform"):
     r"""Which of the ``steps`` reverse steps take their corrections: those that end at a time
     :math:`s \le` ``correct_below`` (a NumPy bool array; the grid decreases, so these are the
     last ones).
@@ -121,8 +122,49 @@ def corrected_steps(steps: int, correct_below: float = 1.0, sde: VPSDE | None = 
 SPACINGS = ("uniform", "edm")
 
 
+def check_time_grid(grid, steps: int | None = None) -> tuple[float, ...]:
+    """Validate an explicit time grid (``1 = t_0 > t_1 > ... > t_S = 0``) and return it as a
+    tuple of floats; ``steps``, when given, must equal its number of intervals :math:`S`."""
+    try:
+        times = tuple(float(t) for t in grid)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"a time grid must be a sequence of numbers, got {grid!r}") from err
+    if len(times) < 2:
+        raise ValueError(f"a time grid needs at least 2 times (1 and 0), got {len(times)}")
+    if times[0] != 1.0 or times[-1] != 0.0:
+        raise ValueError(f"a time grid must start at 1 and end at 0, got {times[0]} ... "
+                         f"{times[-1]}")
+    if any(b >= a for a, b in zip(times, times[1:], strict=False)):
+        raise ValueError("a time grid must be strictly decreasing")
+    if steps is not None and len(times) - 1 != steps:
+        raise ValueError(f"the time grid has {len(times) - 1} steps ({len(times)} times) but "
+                         f"steps={steps}; pass steps={len(times) - 1}")
+    return times
+
+
+def piecewise_times(knots, counts) -> tuple[float, ...]:
+    r"""A piecewise-uniform time grid: ``counts[j]`` equal steps from ``knots[j]`` down to
+    ``knots[j + 1]``, with ``knots`` decreasing from 1 to 0.
+
+    For instance ``piecewise_times((1, 0.75, 0.25, 0), (8, 72, 16))`` takes 96 steps, 72 of them
+    in the mid-noise band :math:`t \in [0.25, 0.75]`, where (with the cosine schedule) the
+    noise-to-signal ratio crosses 1 and a draw commits to a region of state space; pass it as
+    ``spacing=`` with ``steps=96``.
+    """
+    import numpy as np
+
+    knots = [float(k) for k in knots]
+    counts = [int(c) for c in counts]
+    if len(counts) != len(knots) - 1:
+        raise ValueError(f"{len(knots)} knots need {len(knots) - 1} counts, got {len(counts)}")
+    if any(c < 1 for c in counts):
+        raise ValueError(f"every count must be >= 1, got {counts}")
+    pieces = [np.linspace(knots[j], knots[j + 1], c + 1)[:-1] for j, c in enumerate(counts)]
+    return check_time_grid([*np.concatenate(pieces).tolist(), knots[-1]])
+
+
 def diffusion_times(steps: int, dtype=jnp.float32, sde: VPSDE | None = None,
-                    spacing: str = "uniform", rho: float = 7.0) -> Array:
+                    spacing="uniform", rho: float = 7.0) -> Array:
     r"""The decreasing time grid :math:`1 = t_0 > t_1 > \dots > t_S = 0`.
 
     * ``"uniform"``: :math:`t_i = 1 - i/S` (Rozet & Louppe, 2023).
@@ -133,9 +175,14 @@ def diffusion_times(steps: int, dtype=jnp.float32, sde: VPSDE | None = None,
       (\tilde\sigma_{\min}^{1/\rho} - \tilde\sigma_{\max}^{1/\rho}))^\rho`, mapped back to
       :math:`t` through the schedule. It spends its steps where the noise is small, where the
       fine (one-step dynamical) structure of trajectories is decided.
+    * a sequence of ``steps + 1`` times: that grid (see :func:`check_time_grid`,
+      :func:`piecewise_times`).
     """
+    if not isinstance(spacing, str):
+        return jnp.asarray(check_time_grid(spacing, steps), dtype)
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS} or a grid "
+                         "of times")
     if spacing == "uniform":
         return jnp.linspace(1.0, 0.0, steps + 1, dtype=dtype)
     import numpy as np
@@ -210,7 +257,7 @@ def sample_trajectories(
     corrections: int = 0,
     tau: float = 1.0,
     dtype=jnp.float32,
-    spacing: str = "uniform",
+    spacing="uniform",
     eta: float = 0.0,
     correct_below: float = 1.0,
 ) -> Array:

@@ -101,6 +101,54 @@ def test_time_grids():
         diffusion_times(8, spacing="log")
 
 
+def test_explicit_and_piecewise_time_grids():
+    """An explicit grid is used as given: the uniform grid passed explicitly gives the same
+    draws as ``"uniform"`` (same key); ``piecewise_times`` places its steps per band and stays
+    exact on a Gaussian; malformed grids are refused with the reason."""
+    from numpyro_sda.sampling import (
+        check_time_grid,
+        corrected_steps,
+        diffusion_times,
+        piecewise_times,
+    )
+
+    grid = piecewise_times((1, 0.75, 0.25, 0), (2, 8, 4))
+    assert len(grid) == 15 and grid[0] == 1.0 and grid[-1] == 0.0
+    np.testing.assert_allclose(np.diff(grid)[2:10], -0.0625)  # 8 steps over [0.75, 0.25]
+    np.testing.assert_allclose(np.asarray(diffusion_times(14, spacing=grid)), grid, atol=1e-7)
+    # the corrected steps follow the grid's times: the 4 steps of [0.25, 0] and the one ending
+    # at 0.25
+    np.testing.assert_array_equal(corrected_steps(14, 0.25, spacing=grid), [False] * 9 + [True] * 5)
+    rng = np.random.default_rng(0)
+    n = 6
+    B = rng.normal(size=(n, n)) / np.sqrt(n)
+    cov = jnp.asarray(B @ B.T + 0.1 * np.eye(n), jnp.float32)
+    mean = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
+    sde = VPSDE()
+    eps = _gaussian_eps(mean, cov, sde)
+
+    def draw(steps, spacing, num=2000):
+        return np.asarray(jax.jit(lambda k: sample_trajectories(
+            k, eps, num, (3, 2), sde, steps=steps, spacing=spacing))(jax.random.PRNGKey(1)))
+
+    uniform = tuple(np.linspace(1.0, 0.0, 33).tolist())
+    np.testing.assert_allclose(draw(32, uniform), draw(32, "uniform"), atol=1e-6)
+    mid = piecewise_times((1, 0.75, 0.25, 0), (4, 40, 20))
+    flat = draw(64, mid).reshape(2000, -1)
+    sd = np.sqrt(np.diag(np.asarray(cov)))
+    assert np.all(np.abs(flat.std(0) / sd - 1) < 0.1)
+    assert np.all(np.abs(flat.mean(0) - np.asarray(mean).reshape(-1)) < 0.1 * sd + 0.02)
+    for bad, match in [((1.0, 0.5, 0.5, 0.0), "strictly decreasing"),
+                       ((0.9, 0.5, 0.0), "start at 1 and end at 0"), ((1.0,), "at least 2"),
+                       ("1,0", "sequence of numbers")]:
+        with pytest.raises(ValueError, match=match):
+            check_time_grid(bad)
+    with pytest.raises(ValueError, match="pass steps=2"):
+        diffusion_times(8, spacing=(1.0, 0.5, 0.0))
+    with pytest.raises(ValueError, match="3 knots need 2 counts"):
+        piecewise_times((1, 0.5, 0), (4,))
+
+
 def test_correct_below_limits_the_corrections_to_the_low_noise_steps():
     """``correct_below`` corrects only the steps ending at t <= its value: the schedule is the
     last ones; with the whole range it is the plain sampler (same key, same draws); a range

@@ -63,6 +63,7 @@ class Case:
     gt: np.ndarray  # physical (num_draws, 65, 3)
     floor: float
     gt_spread: float
+    gt2: np.ndarray | None = None  # the independent second smoother's draws (the floor's)
 
 
 def _save_atomic(path: Path, **arrays) -> None:
@@ -82,7 +83,7 @@ def case(scenario: str, index: int, num_draws: int = 1024, particles: int = 1638
     if path.is_file():
         d = np.load(path)
         return Case(scenario, index, model, d["x_true"], d["y"], d["gt"], float(d["floor"]),
-                    float(d["gt_spread"]))
+                    float(d["gt_spread"]), d["gt2"] if "gt2" in d else None)
     key = jax.random.fold_in(jax.random.key(2023), index)
     k_truth, k_obs, k_pf1, k_pf2 = jax.random.split(key, 4)
     x_true = system.normalize(system.simulate(k_truth, 1, LENGTH, burn_in=1024)[0])
@@ -97,26 +98,44 @@ def case(scenario: str, index: int, num_draws: int = 1024, particles: int = 1638
     floor = w1(draws[0], draws[1])
     gt_spread = float(metrics.spread(draws[0]))
     _save_atomic(path, x_true=np.asarray(x_true), y=np.asarray(y), gt=draws[0], floor=floor,
-                 gt_spread=gt_spread)
+                 gt_spread=gt_spread, gt2=draws[1])
     return Case(scenario, index, model, np.asarray(x_true), np.asarray(y), draws[0], floor,
-                gt_spread)
+                gt_spread, draws[1])
+
+
+def floor_at(c: Case, n: int) -> float:
+    """The noise floor at ``n`` draws: the mean W1 of disjoint ``n``-draw blocks of the second,
+    independent smoother to the ground truth, i.e. what an exact sampler of ``n`` draws scores.
+    W1 from ``n`` < ``len(gt)`` draws is biased upwards, so ``W1 / floor_at(n)`` is the ratio
+    that compares a method's ``n`` draws with exact draws of the same size."""
+    if n >= len(c.gt):
+        return c.floor
+    if c.gt2 is None:
+        return float("nan")
+    blocks = [c.gt2[i:i + n] for i in range(0, len(c.gt2) - n + 1, n)]
+    return float(np.mean([w1(b, c.gt) for b in blocks]))
 
 
 def score(c: Case, xs_normalised: np.ndarray) -> dict[str, float]:
-    """W1 to the ground truth, spread/skill and CRPS against the truth, spread vs ground truth."""
+    """W1 to the ground truth, spread/skill and CRPS against the truth, spread vs ground truth;
+    ``ratio_n``: W1 over the floor at the same number of draws (:func:`floor_at`)."""
     system = Lorenz63()
     xs = np.asarray(system.denormalize(xs_normalised))
     truth = np.asarray(system.denormalize(c.x_true))
     finite = np.all(np.isfinite(xs.reshape(len(xs), -1)), axis=1)
     out = {"finite": float(finite.mean())}
     if not finite.all():
-        out.update(w1=float("nan"), ratio=float("nan"), ss=float("nan"), crps=float("nan"),
+        out.update(w1=float("nan"), ratio=float("nan"), ratio_n=float("nan"),
+                   floor_n=float("nan"), ss=float("nan"), crps=float("nan"),
                    spread_vs_gt=float("nan"), rmse=float("nan"))
         return out
     d = w1(xs, c.gt)
+    floor_n = floor_at(c, len(xs))
     out.update(
         w1=d,
         ratio=d / c.floor,
+        floor_n=floor_n,
+        ratio_n=d / floor_n,
         ss=float(metrics.spread_skill_ratio(xs, truth)),
         crps=float(metrics.crps(xs, truth)),
         rmse=float(metrics.rmse(xs, truth)),

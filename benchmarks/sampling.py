@@ -195,7 +195,7 @@ def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str 
                  cpu=cpu * 1024 / draws, compile=sda.compile_time,
                  warnings=[str(w.message)[:80] for w in caught])
         rows.append(r)
-    keys = ("w1", "floor", "ratio", "ss", "spread_vs_gt", "crps", "rmse", "wall", "cpu",
+    keys = ("w1", "floor", "ratio", "floor_n", "ratio_n", "ss", "spread_vs_gt", "crps", "rmse", "wall", "cpu",
             "finite")
     med = {k: float(np.median([r[k] for r in rows])) for k in keys}
     settings_doc = {k: (v.describe() if hasattr(v, "describe") else v)
@@ -347,7 +347,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; jax "
           f"{jax.__version__} on {jax.devices()[0].platform}; {sets} observation sets, "
           f"{draws} draws vs {args.gt_draws or draws} ground-truth draws (16384 particles)")
-    header = (f"{'config':>15} {'scen':>4} {'W1':>6} {'floor':>6} {'ratio':>6} {'spr/skill':>9} "
+    header = (f"{'config':>15} {'scen':>4} {'W1':>6} {'floor':>6} {'ratio':>6} {'ratio_n':>7} "
+              f"{'spr/skill':>9} "
               f"{'spr/GT':>7} {'CRPS':>6} {'wall s':>7} {'cpu s':>7} {'finite':>6} {'load':>5}")
     print(header)
     results = []
@@ -357,11 +358,12 @@ def main() -> None:
             results.append(res)
             m = res["median"]
             print(f"{name:>15} {scenario:>4} {m['w1']:>6.1f} {m['floor']:>6.1f} "
-                  f"{m['ratio']:>6.2f} {m['ss']:>9.2f} {m['spread_vs_gt']:>7.2f} "
+                  f"{m['ratio']:>6.2f} {m['ratio_n']:>7.2f} {m['ss']:>9.2f} {m['spread_vs_gt']:>7.2f} "
                   f"{m['crps']:>6.3f} {m['wall']:>7.0f} {m['cpu']:>7.0f} {m['finite']:>6.2f} "
                   f"{res['load']:>5.1f}", flush=True)
             write_json(json_path, results)  # after each row: a cut run keeps its rows
-    print("(medians over observation sets; wall: sampling only, per 1024 draws; cpu: process CPU "
+    print("(medians over observation sets; ratio_n: W1 over the floor at the same number of "
+          "draws, what exact draws of that size score; wall: sampling only, per 1024 draws; cpu: process CPU "
           "time per 1024 draws, compilation included; spr/GT: ensemble spread / ground truth's)")
     print(f"wrote {json_path}")
 

@@ -388,14 +388,14 @@ def kolmogorov_methods(
     """Run SDA and the EnKS on one Kolmogorov scenario (draws ``(M, L, 1, 64, 64)``).
 
     ``"EnKS"`` uses the coarse 64² transition (model error), ``"EnKS (256² model)"`` the
-    faithful 256² one (``KolmogorovFlow(model_resolution=256)``, about 50x the cost), both with
+    faithful 256² one (:meth:`~numpyro_sda.systems.KolmogorovFlow.faithful_model`, about 50x
+    the cost), both with
     :data:`KOLMOGOROV_BASELINES` updated by ``baselines``. SDA's prior is learned from the 256²
     truth's data. Returns ``{name: method after run}`` (each with its ``wall_time``).
     """
     from numpyro_sda.baselines import EnKS
     from numpyro_sda.infer import SDA
     from numpyro_sda.prior import TrajectoryPrior
-    from numpyro_sda.systems import KolmogorovFlow
 
     cfg = dict(KOLMOGOROV_BASELINES, **(baselines or {}))
     length = int(scenario.truth.shape[0])
@@ -421,7 +421,7 @@ def kolmogorov_methods(
             f"{time.perf_counter() - t0:.1f} s")
     if "EnKS (256² model)" in methods:
         t0 = time.perf_counter()
-        fine = KolmogorovFlow(model_resolution=scenario.system.sim_resolution)
+        fine = scenario.system.faithful_model()
         markov = fine.markov_prior(length, model_error=cfg["exact_model_error"],
                                    spinup=cfg["exact_spinup"])
         runs["EnKS (256² model)"] = EnKS(scenario.model, cfg["ensemble_size"], **enks).run(
@@ -459,9 +459,7 @@ def run_kolmogorov_demo(
 
     from numpyro_sda.arviz_export import to_inference_data
     from numpyro_sda.comparison import compare, to_markdown
-    from numpyro_sda.infer import SDA
     from numpyro_sda.plots import plot_fields, vorticity_movie
-    from numpyro_sda.prior import TrajectoryPrior
     from numpyro_sda.scenarios import kolmogorov_scenario
 
     out = Path(out)
@@ -474,21 +472,15 @@ def run_kolmogorov_demo(
             raise
         score = None
         log(f"SDA skipped: {err}")
-    k_scn, k_sda, k_enks = jax.random.split(jax.random.PRNGKey(seed), 3)
+    k_scn, k_run = jax.random.split(jax.random.PRNGKey(seed))
     t0 = time.perf_counter()
     scn = kolmogorov_scenario(k_scn, scenario, length=length, burn_in=burn_in)
     log(f"{scn.description} (truth simulated in {time.perf_counter() - t0:.1f} s)")
-    results = {}
-    if score is not None:
-        t0 = time.perf_counter()
-        sda = SDA(scn.model, progress=False, **sda_settings(steps, corrections, guidance))
-        results["SDA"] = sda.run(k_sda, TrajectoryPrior(score, length=length), y=scn.y,
-                                 num_samples=num_samples)
-        log(f"SDA ({sda.settings['steps']} steps, {num_samples} draws): "
-            f"{time.perf_counter() - t0:.1f} s")
-    results.update(kolmogorov_methods(
-        k_enks, scn, None, methods=("EnKS",), log=log,
-        baselines=dict(ensemble_size=ensemble_size, model_error=model_error)))
+    results = kolmogorov_methods(
+        k_run, scn, score, num_samples=num_samples, log=log,
+        methods=("SDA", "EnKS") if score is not None else ("EnKS",),
+        sda=sda_settings(steps, corrections, guidance),
+        baselines=dict(ensemble_size=ensemble_size, model_error=model_error))
     table = compare(results, truth=scn.truth, system=scn.system)
     log(table.to_string())
     (out / "comparison.md").write_text(to_markdown(table) + "\n")

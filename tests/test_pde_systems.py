@@ -130,6 +130,14 @@ def test_kolmogorov_fine_step_is_the_simulated_transition(kf_short):
     fine = KolmogorovFlow(model_resolution=256)
     nxt = fine.step(jnp.asarray(kf_short[0, 0]))
     np.testing.assert_allclose(nxt, kf_short[0, 1], atol=2e-3 * np.abs(kf_short[0, 1]).max())
+    # faithful_model() keeps a system's own physics and normalisation, only the model grid moves
+    other = KolmogorovFlow(reynolds=500.0, drag=0.2, std=3.0, noise_std=0.1)
+    twin = other.faithful_model()
+    assert twin.model_resolution == other.sim_resolution == 256
+    assert (twin.reynolds, twin.drag, twin.noise_std) == (500.0, 0.2, 0.1)
+    np.testing.assert_array_equal(twin.std, other.std)
+    assert twin != other and twin == KolmogorovFlow(reynolds=500.0, drag=0.2, std=3.0,
+                                                     noise_std=0.1, model_resolution=256)
 
 
 def test_kolmogorov_coarse_step_and_markov_prior(kf, kf_short):

@@ -306,6 +306,17 @@ class KolmogorovFlow(DynamicalSystem):
         ]
         return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
 
+    def faithful_model(self) -> KolmogorovFlow:
+        """The same system (physics, grids, normalisation, noise) whose Markov-prior transition
+        runs at ``sim_resolution`` (refine, step the simulation grid, truncate), i.e. the model
+        with no discretisation error: ``model_resolution=sim_resolution``."""
+        return KolmogorovFlow(
+            reynolds=self.reynolds, drag=self.drag, forcing_mode=self.forcing_mode,
+            resolution=self.resolution, sim_resolution=self.sim_resolution, dt=self.dt,
+            substeps=self.substeps, model_resolution=self.sim_resolution,
+            model_substeps=self.model_substeps, noise_std=self.noise_std,
+            chunk_size=self.chunk_size, std=float(self.std.ravel()[0]))
+
     def __hash__(self) -> int:
         return hash((type(self), self.reynolds, self.drag, self.forcing_mode, self.resolution,
                      self.sim_resolution, self.dt, self.substeps, self.model_resolution,

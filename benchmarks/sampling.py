@@ -169,19 +169,21 @@ def load_prior(name: str):
     return pretrained.load(name) if name in pretrained.available() else load_score(name)
 
 
-def run_config(name: str, scenario: str, sets: int, draws: int, prior_name: str | None = None,
+def run_config(name: str, scenario: str, sets, draws: int, prior_name: str | None = None,
                gt_draws: int | None = None) -> dict:
     """One configuration on ``sets`` observation sets; one ``SDA`` serves them all (the
     observations are dynamic arguments of its compiled steps, so it compiles once).
     ``prior_name`` replaces the configuration's prior (a shipped name or a file); ``gt_draws``
     scores against a ground truth of that many draws (default ``draws``): with fewer SDA draws
-    than ground-truth draws W1 is biased upwards (compare such rows with each other only)."""
+    than ground-truth draws W1 is biased upwards (compare such rows with each other only;
+    ``ratio_n`` corrects for it). ``sets``: a number of sets (the first ones) or a list of set
+    indices."""
     score_name, settings, *prior_options = CONFIGS[name]
     prior_kwargs = prior_options[0] if prior_options else {}
     score_name = prior_name or score_name
     prior = TrajectoryPrior(load_prior(score_name), length=protocol.LENGTH, **prior_kwargs)
     rows, sda = [], None
-    for i in range(sets):
+    for i in (range(sets) if isinstance(sets, int) else sets):
         case = protocol.case(scenario, i, num_draws=gt_draws or draws)
         if sda is None:
             sda = SDA(case.model, progress=False, predictive=False, **settings)
@@ -308,6 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 sets, 256 draws")
     parser.add_argument("--sets", type=int, default=None)
+    parser.add_argument("--set-ids", default=None,
+                        help="comma-separated observation-set indices instead of --sets (e.g. "
+                             "a full-size check of chosen sets)")
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--configs", default=None, help=f"comma-separated, from {list(CONFIGS)}")
     parser.add_argument("--scenarios", default="lo,hi")
@@ -354,7 +359,8 @@ def main() -> None:
     results = []
     for name in names:
         for scenario in args.scenarios.split(","):
-            res = run_config(name, scenario, sets, draws, args.prior, args.gt_draws)
+            chosen = [int(i) for i in args.set_ids.split(",")] if args.set_ids else sets
+            res = run_config(name, scenario, chosen, draws, args.prior, args.gt_draws)
             results.append(res)
             m = res["median"]
             print(f"{name:>15} {scenario:>4} {m['w1']:>6.1f} {m['floor']:>6.1f} "

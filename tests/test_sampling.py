@@ -46,6 +46,17 @@ def _gaussian_eps(mean, cov, sde):
     return eps
 
 
+def _small_gaussian():
+    """A random Gaussian over (3, 2) trajectories, its schedule and exact noise predictor."""
+    rng = np.random.default_rng(0)
+    n = 6
+    B = rng.normal(size=(n, n)) / np.sqrt(n)
+    cov = jnp.asarray(B @ B.T + 0.1 * np.eye(n), jnp.float32)
+    mean = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
+    sde = VPSDE()
+    return mean, cov, sde, _gaussian_eps(mean, cov, sde)
+
+
 @pytest.mark.parametrize(("corrections", "tau", "eta", "spacing"),
                          [(0, 1.0, 0.0, "uniform"), (1, 1e-3, 0.0, "uniform"),
                           (0, 1.0, 1.0, "uniform"), (0, 1.0, 0.0, "edm")],
@@ -119,13 +130,7 @@ def test_explicit_and_piecewise_time_grids():
     # the corrected steps follow the grid's times: the 4 steps of [0.25, 0] and the one ending
     # at 0.25
     np.testing.assert_array_equal(corrected_steps(14, 0.25, spacing=grid), [False] * 9 + [True] * 5)
-    rng = np.random.default_rng(0)
-    n = 6
-    B = rng.normal(size=(n, n)) / np.sqrt(n)
-    cov = jnp.asarray(B @ B.T + 0.1 * np.eye(n), jnp.float32)
-    mean = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
-    sde = VPSDE()
-    eps = _gaussian_eps(mean, cov, sde)
+    mean, cov, sde, eps = _small_gaussian()
 
     def draw(steps, spacing, num=2000):
         return np.asarray(jax.jit(lambda k: sample_trajectories(
@@ -161,13 +166,7 @@ def test_correct_below_limits_the_corrections_to_the_low_noise_steps():
     assert corrected_steps(8, 1.0).all()
     with pytest.raises(ValueError, match="correct_below"):
         corrected_steps(8, 0.0)
-    rng = np.random.default_rng(0)
-    n = 6
-    B = rng.normal(size=(n, n)) / np.sqrt(n)
-    cov = jnp.asarray(B @ B.T + 0.1 * np.eye(n), jnp.float32)
-    mean = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
-    sde = VPSDE()
-    eps = _gaussian_eps(mean, cov, sde)
+    mean, cov, sde, eps = _small_gaussian()
 
     def draw(num=2000, **kw):
         return np.asarray(jax.jit(lambda k: sample_trajectories(

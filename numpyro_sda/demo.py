@@ -389,8 +389,7 @@ def kolmogorov_methods(
 
     ``"EnKS"`` uses the coarse 64² transition (model error), ``"EnKS (256² model)"`` the
     faithful 256² one (:meth:`~numpyro_sda.systems.KolmogorovFlow.faithful_model`, about 50x
-    the cost), both with
-    :data:`KOLMOGOROV_BASELINES` updated by ``baselines``. SDA's prior is learned from the 256²
+    the cost), both with :data:`KOLMOGOROV_BASELINES` updated by ``baselines``. SDA's prior is learned from the 256²
     truth's data. Returns ``{name: method after run}`` (each with its ``wall_time``).
     """
     from numpyro_sda.baselines import EnKS

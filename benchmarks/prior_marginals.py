@@ -27,7 +27,6 @@ composition), so the growth with ``L`` is the composition's error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sampling import load_prior  # noqa: E402
+from sampling import load_prior, write_json  # noqa: E402
 
 from numpyro_sda import TrajectoryPrior, metrics  # noqa: E402
 from numpyro_sda.sampling import sample_trajectories  # noqa: E402
@@ -115,11 +114,7 @@ def main() -> None:
                   f"{r['ratio']:>5.2f} {m['p_r3']:>5.3f}/{t['p_r3']:<6.3f} "
                   f"{m['p_z15']:>5.3f}/{t['p_z15']:<6.3f} {m['switch']:>6.4f}/{t['switch']:<6.4f} "
                   f"{resid:>18} {r['wall']:>6.0f}", flush=True)
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1))
-            os.replace(tmp, path)  # after each row: a cut run keeps its rows
+            write_json(Path(args.json), results)  # after each row: a cut run keeps its rows
     print(f"(true one-step residual: the transition noise sqrt(dt) = {np.sqrt(0.025):.3f}; "
           f"wrote {args.json})")
 

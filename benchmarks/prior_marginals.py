@@ -22,6 +22,7 @@ composition), so the growth with ``L`` is the composition's error.
     python benchmarks/prior_marginals.py                                  # shipped window-9 prior
     python benchmarks/prior_marginals.py --prior lorenz63 --lengths 5,65  # the window-5 prior
     python benchmarks/prior_marginals.py --corrections 0 --steps 256      # predictor only
+    python benchmarks/prior_marginals.py --coarse FILE --coarse-above 0   # MultiResolutionScore
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sampling import load_prior, write_json  # noqa: E402
 
 from numpyro_sda import TrajectoryPrior, metrics  # noqa: E402
+from numpyro_sda.multiresolution import MultiResolutionScore  # noqa: E402
 from numpyro_sda.sampling import sample_trajectories  # noqa: E402
 from numpyro_sda.systems import Lorenz63  # noqa: E402
 
@@ -92,6 +94,11 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=1.0)
     parser.add_argument("--average", type=int, default=1, help="TrajectoryPrior(average=...)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coarse", default=None,
+                        help="a coarse local score (trained on every --coarse-stride-th state): "
+                             "each prior becomes a MultiResolutionScore with it")
+    parser.add_argument("--coarse-stride", type=int, default=2)
+    parser.add_argument("--coarse-above", type=float, default=0.0)
     parser.add_argument("--json", default="out/bench/prior_marginals.json")
     args = parser.parse_args()
     settings = dict(steps=args.steps, corrections=args.corrections, tau=args.tau, eta=args.eta,
@@ -105,13 +112,17 @@ def main() -> None:
           f"{'model/true':>13}")
     results = []
     for name in args.prior.split(","):
-        score = load_prior(name)
+        score, label = load_prior(name), Path(name).stem
+        if args.coarse:
+            score = MultiResolutionScore(score, load_prior(args.coarse), args.coarse_stride,
+                                         args.coarse_above)
+            label = f"{label}+{Path(args.coarse).stem}@{args.coarse_above:g}"
         for length in (int(v) for v in args.lengths.split(",")):
-            r = run(score, name, length, args.draws, settings, args.average, args.seed)
+            r = run(score, label, length, args.draws, settings, args.average, args.seed)
             results.append(r)
             m, t = r["model"], r["truth"]
             resid = " ".join(f"{v:.2f}" for v in m["resid"])
-            print(f"{Path(name).stem[:18]:>18} {length:>3} {r['w1']:>6.1f} {r['floor']:>6.1f} "
+            print(f"{label[-18:]:>18} {length:>3} {r['w1']:>6.1f} {r['floor']:>6.1f} "
                   f"{r['ratio']:>5.2f} {m['p_r3']:>5.3f}/{t['p_r3']:<6.3f} "
                   f"{m['p_z15']:>5.3f}/{t['p_z15']:<6.3f} {m['switch']:>6.4f}/{t['switch']:<6.4f} "
                   f"{resid:>18} {r['wall']:>6.0f}", flush=True)

@@ -56,6 +56,7 @@ from numpyro_sda.checkpoint import load_score  # noqa: E402
 from numpyro_sda.ensemble import ScoreEnsemble  # noqa: E402
 from numpyro_sda.guidance import MMPS, SDAGuidance  # noqa: E402
 from numpyro_sda.infer import SDA  # noqa: E402
+from numpyro_sda.multiresolution import MultiResolutionScore  # noqa: E402
 from numpyro_sda.prior import TrajectoryPrior  # noqa: E402
 from numpyro_sda.sampling import piecewise_times  # noqa: E402
 
@@ -170,7 +171,7 @@ def load_prior(name: str):
 
 
 def run_config(name: str, scenario: str, sets, draws: int, prior_name: str | None = None,
-               gt_draws: int | None = None) -> dict:
+               gt_draws: int | None = None, coarse: tuple[str, int, float] | None = None) -> dict:
     """One configuration on ``sets`` observation sets; one ``SDA`` serves them all (the
     observations are dynamic arguments of its compiled steps, so it compiles once).
     ``prior_name`` replaces the configuration's prior (a shipped name or a file); ``gt_draws``
@@ -181,7 +182,11 @@ def run_config(name: str, scenario: str, sets, draws: int, prior_name: str | Non
     score_name, settings, *prior_options = CONFIGS[name]
     prior_kwargs = prior_options[0] if prior_options else {}
     score_name = prior_name or score_name
-    prior = TrajectoryPrior(load_prior(score_name), length=protocol.LENGTH, **prior_kwargs)
+    score = load_prior(score_name)
+    if coarse is not None:
+        coarse_name, stride, above = coarse
+        score = MultiResolutionScore(score, load_prior(coarse_name), stride, above)
+    prior = TrajectoryPrior(score, length=protocol.LENGTH, **prior_kwargs)
     rows, sda = [], None
     for i in (range(sets) if isinstance(sets, int) else sets):
         case = protocol.case(scenario, i, num_draws=gt_draws or draws)
@@ -202,7 +207,7 @@ def run_config(name: str, scenario: str, sets, draws: int, prior_name: str | Non
     med = {k: float(np.median([r[k] for r in rows])) for k in keys}
     settings_doc = {k: (v.describe() if hasattr(v, "describe") else v)
                     for k, v in settings.items()}
-    return dict(config=name, prior=score_name, settings=settings_doc, scenario=scenario,
+    return dict(config=name, prior=score_name, coarse=coarse, settings=settings_doc, scenario=scenario,
                 sets=sets, draws=draws, median=med, rows=rows,
                 load=os.getloadavg()[0])
 
@@ -322,6 +327,11 @@ def main() -> None:
     parser.add_argument("--prior", default=None,
                         help="replace every configuration's prior: a shipped name or a file, "
                              "or several joined by + (a ScoreEnsemble)")
+    parser.add_argument("--coarse", default=None,
+                        help="a coarse local score (trained on every --coarse-stride-th state): "
+                             "the prior becomes a MultiResolutionScore")
+    parser.add_argument("--coarse-stride", type=int, default=2)
+    parser.add_argument("--coarse-above", type=float, default=0.25)
     parser.add_argument("--json", default=None,
                         help="output (default out/bench/sampling.json, or sampling_speed.json)")
     parser.add_argument("--speed", action="store_true",
@@ -360,7 +370,8 @@ def main() -> None:
     for name in names:
         for scenario in args.scenarios.split(","):
             chosen = [int(i) for i in args.set_ids.split(",")] if args.set_ids else sets
-            res = run_config(name, scenario, chosen, draws, args.prior, args.gt_draws)
+            coarse = (args.coarse, args.coarse_stride, args.coarse_above) if args.coarse else None
+            res = run_config(name, scenario, chosen, draws, args.prior, args.gt_draws, coarse)
             results.append(res)
             m = res["median"]
             print(f"{name:>15} {scenario:>4} {m['w1']:>6.1f} {m['floor']:>6.1f} "

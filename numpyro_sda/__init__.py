@@ -28,6 +28,7 @@ _LAZY = {
     # learned prior
     "LocalScore": "numpyro_sda.score",
     "ScoreEnsemble": "numpyro_sda.ensemble",
+    "MultiResolutionScore": "numpyro_sda.multiresolution",
     "train_score": "numpyro_sda.train",
     "load_score": "numpyro_sda.checkpoint",
     "save_score": "numpyro_sda.checkpoint",

@@ -31,6 +31,14 @@ the true-vs-true floor with :math:`t_c = 0`, 2.00x with :math:`t_c = 0.25`, 2.13
 paper's posterior protocol with :math:`t_c = 0` (``benchmarks/sampling.py --coarse``), W1 falls
 from 1.38x / 1.55x the particle floor ("lo" / "hi") to 1.08x / 1.38x, for about 1.5x the network
 evaluations (``benchmarks/results/sampling_cpu_multiresolution_2026-12-03.txt``).
+
+Limitation under guidance: the blocked field drops the prior coupling
+:math:`\nabla_{x_c} \log p_t(x_r \mid x_c)`, so observations of the other states reach the
+coarse states only through the guidance's gradient through the fine denoiser. Where every state
+is observed ("hi") the posterior is over-dispersed (spread/skill 1.28 at stride 2), and a stride-4
+coarse score, although its unconditional draws are the best (W1 1.16x the floor), makes "hi"
+worse than the fine score alone (W1 1.75x against 1.55x, spread / ground truth 1.34). Observed
+states on the coarse grid ("lo": every 8th) lose nothing.
 """
 
 from __future__ import annotations

@@ -33,6 +33,14 @@ from numpyro_sda.score import LocalScore
 __all__ = ["ScoreEnsemble"]
 
 
+def same_normalization(a: tuple[Any, Any] | None, b: tuple[Any, Any] | None) -> bool:
+    """Whether two scores' ``normalization`` (``(mean, std)`` or ``None``) agree: scores combined
+    into one trajectory score must predict in the same units."""
+    if a is None or b is None:
+        return a is None and b is None
+    return all(np.allclose(x, y) for x, y in zip(a, b, strict=True))
+
+
 class ScoreEnsemble:
     """The weighted average of the noise predictions of local scores of the same architecture
     role (window, state shape, noise schedule and normalisation).
@@ -60,8 +68,7 @@ class ScoreEnsemble:
                         f"{getattr(first, name)}: ensemble members must share it"
                     )
             a, b = first.normalization, s.normalization
-            if (a is None) != (b is None) or (a is not None and not all(
-                    np.allclose(x, y) for x, y in zip(a, b, strict=True))):
+            if not same_normalization(a, b):
                 raise ValueError(
                     f"score {i} was trained on differently normalised data ({b}) than score 0 "
                     f"({a}): ensemble members must predict in the same units"

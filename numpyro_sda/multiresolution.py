@@ -51,6 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from numpyro_sda.ensemble import same_normalization
+
 __all__ = ["MultiResolutionScore"]
 
 
@@ -83,8 +85,7 @@ class MultiResolutionScore:
                 raise ValueError(f"the coarse score has {name} {getattr(coarse, name)}, the fine "
                                  f"score {getattr(fine, name)}: they must share it")
         a, b = fine.normalization, coarse.normalization
-        if (a is None) != (b is None) or (a is not None and not all(
-                np.allclose(x, y) for x, y in zip(a, b, strict=True))):
+        if not same_normalization(a, b):
             raise ValueError(f"the coarse score was trained on differently normalised data ({b}) "
                              f"than the fine score ({a})")
         self.fine, self.coarse = fine, coarse

@@ -61,8 +61,9 @@ from numpyro_sda.prior import TrajectoryPrior  # noqa: E402
 from numpyro_sda.sampling import piecewise_times  # noqa: E402
 
 CONFIGS = {
-    # name: (pretrained prior, SDA settings); "default" is SDA()'s own defaults
-    "default": ("lorenz63_window9", dict()),
+    # name: (pretrained prior, SDA settings[, TrajectoryPrior options]); "default" is SDA()'s
+    # own defaults with the demo's prior (until session 25: "lorenz63_window9", average=0)
+    "default": ("lorenz63_multiresolution", dict(), dict(average=1)),
     "paper": ("lorenz63", dict(steps=256, corrections=1, eta=0.0,
                                guidance=SDAGuidance(gamma=3e-2))),
     # the ablation of issue 9 (closing note), one lever at a time
@@ -158,6 +159,16 @@ CONFIGS = {
                                   dict(average=1)),
     "w9-avg1-s128-c8-below0.25": ("lorenz63_window9",
                                   dict(steps=128, corrections=8, correct_below=0.25),
+                                  dict(average=1)),
+    # session 25: the two-resolution prior's CPU budget (run with --coarse)
+    "w9-avg1-s64-c12-below0.25": ("lorenz63_window9",
+                                  dict(steps=64, corrections=12, correct_below=0.25),
+                                  dict(average=1)),
+    "w9-avg1-s64-c8-below0.25": ("lorenz63_window9",
+                                 dict(steps=64, corrections=8, correct_below=0.25),
+                                 dict(average=1)),
+    "w9-avg1-s48-c16-below0.25": ("lorenz63_window9",
+                                  dict(steps=48, corrections=16, correct_below=0.25),
                                   dict(average=1)),
 }
 

@@ -88,7 +88,7 @@ class SDASettings:
     """The settings of :class:`SDA` (see its docstring)."""
 
     steps: int = 64
-    corrections: int = 32
+    corrections: int = 8
     tau: float = 0.25
     eta: float = 1.0
     spacing: str | tuple[float, ...] = "uniform"
@@ -219,16 +219,21 @@ class SDA(InferenceMethod):
             least one observed site.
         steps: number of reverse-diffusion (predictor) steps :math:`S`.
         corrections: Langevin corrections :math:`C` per corrected step (see
-            ``correct_below``). The defaults, 64 steps with C = 32 on the steps that end at
-            t <= 0.25 (17 of 64; 608 network evaluations per draw), are the best measured on
-            the paper's Lorenz-63 protocol (8 observation sets, window-9 prior composed with
-            ``average=1``; ``benchmarks/sampling.py``, CPU rows with 128 draws): "lo" W1 1.38x
-            the particle floor, spread/skill 0.92, CRPS 0.299; "hi" 1.55x, 0.99, 0.450. The
-            former default, 32 steps with C = 64 (the same evaluations), gave 1.48x and
-            1.60x: finer predictor steps matter more than more corrections per step (128 steps
-            with C = 16 gives 1.38x on "lo" too). With the paper's composition (``average=0``),
-            32 steps with C = 64 gave 1.55x / 1.78x. Cost is proportional to
-            ``steps + corrections * (corrected steps)``.
+            ``correct_below``). The defaults, 64 steps with C = 8 on the steps that end at
+            t <= 0.25 (17 of 64; 200 score evaluations per draw), are the best measured
+            within the CPU budget of issue 9 (600 s per 1024 draws on 2 cores) on the paper's
+            Lorenz-63 protocol (8 observation sets x 128 draws, ``benchmarks/sampling.py``)
+            with the shipped two-resolution prior ``pretrained.load(
+            "lorenz63_multiresolution")`` composed with ``average=1``: "lo" W1 1.19x the
+            particle floor, spread/skill 0.91, CRPS 0.268, 278 s; "hi" 1.49x, 1.22, 0.362,
+            459 s (``benchmarks/results/sampling_cpu_multiresolution_budget_2026-12-03.txt``).
+            C = 16: 1.13x / 1.45x at 426 s / 722 s; C = 32: 1.08x / 1.38x (spread/skill
+            0.99 / 1.28) at 825 s / 1645 s ("hi" beside a training job). With the window-9
+            network alone C = 32 is better than C = 16 ("hi" 1.55x against 1.64x); the
+            former default, C = 32, gave 1.38x / 1.55x with it. Finer predictor steps matter
+            more than more corrections per step (32 steps with C = 64 gave 1.48x / 1.60x with
+            the window-9 network alone). Cost is proportional to
+            ``steps + corrections * (corrected steps)`` evaluations of the composed score.
         tau: Langevin step size factor :math:`\tau`.
         eta: stochasticity of the predictor, 0 (deterministic DDIM) to 1 (ancestral); see
             :func:`numpyro_sda.sampling.reverse_step`.

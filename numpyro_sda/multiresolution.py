@@ -28,14 +28,22 @@ Measured on Lorenz-63 (shipped ``"lorenz63_window9"`` and ``"lorenz63_window9_st
 stride 2): unconditional draws of 65 states (``benchmarks/prior_marginals.py``) score W1 1.81x
 the true-vs-true floor with :math:`t_c = 0`, 2.00x with :math:`t_c = 0.25`, 2.13x with
 :math:`t_c = 0.5` and 2.07x with the fine score alone (a window-17 network: 1.82x). On the
-paper's posterior protocol with :math:`t_c = 0` (``benchmarks/sampling.py --coarse``), W1 falls
-from 1.38x / 1.55x the particle floor ("lo" / "hi") to 1.08x / 1.38x, for about 1.5x the network
-evaluations (``benchmarks/results/sampling_cpu_multiresolution_2026-12-03.txt``).
+paper's posterior protocol with :math:`t_c = 0` (``benchmarks/sampling.py --coarse``, 8 sets x
+128 draws, 64 steps), W1 falls from 1.38x / 1.55x the particle floor ("lo" / "hi", fine score
+alone, C = 32) to 1.08x / 1.38x at C = 32, for about 1.5x the network evaluations
+(``benchmarks/results/sampling_cpu_multiresolution_2026-12-03.txt``), and to 1.19x / 1.49x at
+C = 8 (``SDA()``'s default, 278 s / 459 s per 1024 draws on 2 CPU cores;
+``benchmarks/results/sampling_cpu_multiresolution_budget_2026-12-03.txt``). Switching the coarse
+score off below :math:`t_c = 0.1` spoils "lo" (1.54x against 1.13x at C = 16): its observed
+states lie on the coarse grid and need the coarse score to the end; :math:`t_c = 0.25` leaves
+"hi" where the fine score alone is (1.64x at C = 16).
 
 Limitation under guidance: the blocked field drops the prior coupling
 :math:`\nabla_{x_c} \log p_t(x_r \mid x_c)`, so observations of the other states reach the
 coarse states only through the guidance's gradient through the fine denoiser. Where every state
-is observed ("hi") the posterior is over-dispersed (spread/skill 1.28 at stride 2), and a stride-4
+is observed ("hi") the posterior is over-dispersed (spread/skill 1.28 at stride 2 and C = 32,
+1.22 at C = 8; with :math:`t_c = 0.1`, where the fine score's coupling returns below
+:math:`t_c`, 1.15 at the same W1, but "lo" suffers, above), and a stride-4
 coarse score, although its unconditional draws are the best (W1 1.16x the floor), makes "hi"
 worse than the fine score alone (W1 1.75x against 1.55x, spread / ground truth 1.34). Observed
 states on the coarse grid ("lo": every 8th) lose nothing.

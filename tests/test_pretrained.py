@@ -44,9 +44,29 @@ def test_shipped_prior_reproduces_its_checksum(name):
 def test_every_shipped_prior_has_a_documented_header():
     for name in pretrained.available():
         info = pretrained.info(name)
-        assert np.isfinite(info["training"]["valid_loss"])
+        combined = bool(pretrained.parts(name))
+        for header in ([info["fine"], info["coarse"]] if combined else [info]):
+            assert np.isfinite(header["training"]["valid_loss"])
         assert pretrained.load(name).normalization is not None
-        assert pretrained.path(name).stat().st_size <= 10 * 2**20
+        if not combined:
+            assert pretrained.path(name).stat().st_size <= 10 * 2**20
+
+
+def test_combined_prior_is_made_of_its_shipped_parts():
+    from numpyro_sda.multiresolution import MultiResolutionScore
+
+    name = "lorenz63_multiresolution"
+    spec = pretrained.parts(name)
+    score = pretrained.load(name)
+    assert isinstance(score, MultiResolutionScore)
+    assert (score.stride, score.coarse_above) == (spec["stride"], spec["coarse_above"])
+    np.testing.assert_allclose(probe(score.fine), CHECKSUMS[spec["fine"]], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(probe(score.coarse), CHECKSUMS[spec["coarse"]], rtol=2e-4,
+                               atol=2e-5)
+    assert pretrained.info(name)["combination"] == spec
+    assert pretrained.parts("lorenz63") == {}
+    with pytest.raises(ValueError, match="combines the files"):
+        pretrained.path(name)
 
 
 def test_unknown_prior_is_named():

@@ -65,8 +65,13 @@ r"""Pretrained local score priors shipped with numpyro-sda.
   GPU time was 15 minutes, shared with the benchmarks), so its posteriors are a floor on what
   the architecture can do.
 
+* ``"lorenz63_multiresolution"``: not a file but the combination of the two window-9 files above,
+  ``MultiResolutionScore(load("lorenz63_window9"), load("lorenz63_window9_stride2"), stride=2,
+  coarse_above=0)`` (:class:`numpyro_sda.multiresolution.MultiResolutionScore`): the
+  best measured Lorenz-63 prior (``benchmarks/sampling.py``), the prior of the Lorenz-63 demo.
+
 The training settings, the final validation loss and the training time are in the file's header
-(:func:`info`).
+(:func:`info`; for a combination, the headers of its parts).
 """
 
 from __future__ import annotations
@@ -76,9 +81,10 @@ from pathlib import Path
 from typing import Any
 
 from numpyro_sda.checkpoint import load_checkpoint
+from numpyro_sda.multiresolution import MultiResolutionScore
 from numpyro_sda.score import LocalScore
 
-__all__ = ["available", "path", "load", "info"]
+__all__ = ["available", "path", "load", "info", "parts"]
 
 _FILES = {
     "lorenz63": "lorenz63_window5.npz",
@@ -89,27 +95,59 @@ _FILES = {
     "kolmogorov": "kolmogorov_unet_window5.npz",
 }
 
+#: Priors combined from shipped files: name -> MultiResolutionScore arguments.
+_COMBINED: dict[str, dict[str, Any]] = {
+    "lorenz63_multiresolution": dict(fine="lorenz63_window9", coarse="lorenz63_window9_stride2",
+                                     stride=2, coarse_above=0.0),
+}
+
 
 def available() -> list[str]:
-    """Names of the shipped pretrained priors."""
-    return sorted(_FILES)
+    """Names of the shipped pretrained priors (files and combinations of them)."""
+    return sorted([*_FILES, *_COMBINED])
+
+
+def parts(name: str) -> dict[str, Any]:
+    """The files a combined prior is made of and its settings (``{}`` for a single file)."""
+    _check(name)
+    return dict(_COMBINED.get(name, {}))
+
+
+def _check(name: str) -> None:
+    if name not in _FILES and name not in _COMBINED:
+        raise ValueError(f"unknown pretrained prior {name!r}; available: {available()}")
 
 
 def path(name: str) -> Path:
-    """Location of the file of the pretrained prior ``name``."""
-    if name not in _FILES:
-        raise ValueError(f"unknown pretrained prior {name!r}; available: {available()}")
+    """Location of the file of the pretrained prior ``name`` (a single file, not a combination)."""
+    _check(name)
+    if name in _COMBINED:
+        raise ValueError(f"the pretrained prior {name!r} combines the files of "
+                         f"{_COMBINED[name]['fine']!r} and {_COMBINED[name]['coarse']!r}; "
+                         "ask for the path of either")
     p = Path(str(resources.files(__name__).joinpath(_FILES[name])))
     if not p.is_file():
         raise FileNotFoundError(f"the pretrained prior file {p} is missing from the installation")
     return p
 
 
-def load(name: str = "lorenz63") -> LocalScore:
-    """Load the pretrained :class:`~numpyro_sda.score.LocalScore` ``name`` (e.g. ``"lorenz63"``)."""
+def load(name: str = "lorenz63") -> LocalScore | MultiResolutionScore:
+    """Load the pretrained prior ``name`` (e.g. ``"lorenz63"``): a
+    :class:`~numpyro_sda.score.LocalScore`, or for a combination a
+    :class:`~numpyro_sda.multiresolution.MultiResolutionScore` of two of them."""
+    _check(name)
+    if name in _COMBINED:
+        c = _COMBINED[name]
+        return MultiResolutionScore(load(c["fine"]), load(c["coarse"]), c["stride"],
+                                    c["coarse_above"])
     return load_checkpoint(path(name)).score
 
 
 def info(name: str = "lorenz63") -> dict[str, Any]:
-    """The header of the pretrained file: architecture, training settings and results."""
+    """The header of the pretrained file: architecture, training settings and results; for a
+    combination, ``{"combination": parts(name), "fine": ..., "coarse": ...}`` (their headers)."""
+    _check(name)
+    if name in _COMBINED:
+        c = _COMBINED[name]
+        return {"combination": dict(c), "fine": info(c["fine"]), "coarse": info(c["coarse"])}
     return load_checkpoint(path(name)).header

@@ -172,6 +172,16 @@ CONFIGS = {
                                   dict(average=1)),
 }
 
+# the grid of issue 9: window {5, 9} (and the two-resolution prior) x C {0, 1, 2, 4} on every
+# step x guidance {sda, mmps}; 64 steps, average=1, SDA()'s other defaults
+for _prior, _tag in (("lorenz63", "w5"), ("lorenz63_window9", "w9"),
+                     ("lorenz63_multiresolution", "mr")):
+    for _guide, _gname in ((SDAGuidance(gamma=0.01), "sda"), (MMPS(), "mmps")):
+        for _c in (0, 1, 2, 4):
+            CONFIGS[f"grid-{_tag}-{_gname}-c{_c}"] = (
+                _prior, dict(steps=64, corrections=_c, correct_below=1.0, guidance=_guide),
+                dict(average=1))
+
 
 def load_prior(name: str):
     """A shipped prior by name (``pretrained.available()``) or a prior file's path; several

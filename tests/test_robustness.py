@@ -49,10 +49,23 @@ def _model(op, noise):
     return model
 
 
+@pytest.fixture(scope="module")
+def setup_default_prior(setup):
+    """The demo's prior: the two-resolution window-9 prior, composed with ``average=1``."""
+    score = pretrained.load("lorenz63_multiresolution")
+    lo, hi = score.data_range
+    margin = 0.1 * (hi - lo)
+    prior = TrajectoryPrior(score, length=LENGTH, average=1)
+    return prior, setup[1], lo - margin, hi + margin
+
+
 @pytest.mark.parametrize("guidance", [SDAGuidance(), DPS(), MMPS()], ids=["sda", "dps", "mmps"])
-def test_nonlinear_operators_give_finite_bounded_draws(setup, guidance):
-    """Quadratic, saturating and norm operators observed together (three sites, one model)."""
-    prior, x_true, lo, hi = setup
+@pytest.mark.parametrize("which", ["window5", "multiresolution"])
+def test_nonlinear_operators_give_finite_bounded_draws(setup, setup_default_prior, guidance,
+                                                       which):
+    """Quadratic, saturating and norm operators observed together (three sites, one model), on
+    the window-5 prior and on the demo's two-resolution prior."""
+    prior, x_true, lo, hi = setup if which == "window5" else setup_default_prior
 
     def model(prior, **obs):
         x = numpyro.sample("x", prior)

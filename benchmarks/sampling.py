@@ -160,16 +160,10 @@ CONFIGS = {
     "w9-avg1-s128-c8-below0.25": ("lorenz63_window9",
                                   dict(steps=128, corrections=8, correct_below=0.25),
                                   dict(average=1)),
-    # session 25: the two-resolution prior's CPU budget (run with --coarse)
-    "w9-avg1-s64-c12-below0.25": ("lorenz63_window9",
-                                  dict(steps=64, corrections=12, correct_below=0.25),
-                                  dict(average=1)),
+    # session 25: the two-resolution prior's CPU budget (run with --coarse); C = 8 is the default
     "w9-avg1-s64-c8-below0.25": ("lorenz63_window9",
                                  dict(steps=64, corrections=8, correct_below=0.25),
                                  dict(average=1)),
-    "w9-avg1-s48-c16-below0.25": ("lorenz63_window9",
-                                  dict(steps=48, corrections=16, correct_below=0.25),
-                                  dict(average=1)),
 }
 
 # the grid of issue 9: window {5, 9} (and the two-resolution prior) x C {0, 1, 2, 4} on every

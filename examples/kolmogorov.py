@@ -71,9 +71,12 @@ from numpyro_sda.scenarios import KOLMOGOROV_SCENARIOS, kolmogorov_scenario
 
 #: ``--methods`` names
 METHODS = {"sda": "SDA", "enks": "EnKS", "enks-exact": "EnKS (256² model)"}
-#: the ``--tune`` grid (EnKS half-width in pixels, multiplicative inflation) and held-out sets
+#: the ``--tune`` grids and held-out sets: the 64² EnKS's half-width (pixels) x multiplicative
+#: inflation; the 256² EnKS's transition noise (physical units) at the 64² row's half-width and
+#: inflation (each 256² run costs minutes on a CPU)
 LOCALIZATIONS = (4.0, 8.0, 16.0)
 INFLATIONS = (1.0, 1.1, 1.2)
+EXACT_NOISES = (0.2, 0.5, 1.0)
 TUNE_SETS = 2
 
 
@@ -114,37 +117,44 @@ def table(args: argparse.Namespace) -> dict:
 
 
 def tune(args: argparse.Namespace) -> pd.DataFrame:
-    """The EnKS half-width and inflation (64² model) by median CRPS over held-out sets (keys
-    ``fold_in(PRNGKey(1000), i)``, never the table's); prints the grid and the best."""
+    """Tune an EnKS row by median CRPS over held-out sets (keys ``fold_in(PRNGKey(1000), i)``,
+    never the table's); prints the grid and the best. ``--methods enks`` (default): the 64²
+    model's half-width x inflation; ``--methods enks-exact``: the 256² model's transition noise."""
+    exact = args.methods == ("EnKS (256² model)",)
+    if exact:
+        method, knobs = "EnKS (256² model)", ("exact_model_error",)
+        grid = [dict(exact_model_error=n) for n in args.noises]
+    else:
+        method, knobs = "EnKS", ("localization", "inflation")
+        grid = [dict(localization=loc, inflation=infl) for loc in args.localizations
+                for infl in args.inflations]
     rows = []
     t_start = time.perf_counter()
     for name in args.scenarios:
         for i in range(args.sets):
             k_scn, k_run = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(1000), i))
             scn = kolmogorov_scenario(k_scn, name, length=args.length)
-            for loc in args.localizations:
-                for infl in args.inflations:
-                    try:
-                        runs = kolmogorov_methods(
-                            k_run, scn, None, methods=("EnKS",), log=lambda *a: None,
-                            baselines=dict(localization=loc, inflation=infl))
-                        row = compare(runs, truth=scn.truth, system=scn.system).loc["EnKS"]
-                        row = {k: float(row[k]) for k in ("rmse", "spread_skill", "crps")}
-                    except ValueError:  # the ensemble diverged: ranks last
-                        row = dict(rmse=np.inf, spread_skill=np.nan, crps=np.inf)
-                    rows.append(dict(scenario=name, set=i, localization=loc, inflation=infl,
-                                     **row))
-            print(f"[{time.perf_counter() - t_start:.0f} s] {name} held-out set {i} done",
-                  flush=True)
+            for point in grid:
+                try:
+                    runs = kolmogorov_methods(k_run, scn, None, methods=(method,),
+                                              log=lambda *a: None, baselines=point)
+                    row = compare(runs, truth=scn.truth, system=scn.system).loc[method]
+                    row = {k: float(row[k]) for k in ("rmse", "spread_skill", "crps")}
+                except ValueError:  # the ensemble diverged: ranks last
+                    row = dict(rmse=np.inf, spread_skill=np.nan, crps=np.inf)
+                rows.append(dict(scenario=name, set=i, **point, **row))
+                print(f"[{time.perf_counter() - t_start:.0f} s] {name} held-out set {i} {point}: "
+                      f"{row}", flush=True)
     df = pd.DataFrame(rows)
-    med = df.groupby(["scenario", "localization", "inflation"])[
-        ["rmse", "spread_skill", "crps"]].median()
+    med = df.groupby(["scenario", *knobs])[["rmse", "spread_skill", "crps"]].median()
     print(med.round(4).to_string())
     for name in args.scenarios:
         best = med.loc[name]["crps"].idxmin()
-        print(f"best for '{name}': half-width {best[0]}, inflation {best[1]} "
-              f"(KOLMOGOROV_BASELINES: {KOLMOGOROV_BASELINES['localization']}, "
-              f"{KOLMOGOROV_BASELINES['inflation']})")
+        best = best if isinstance(best, tuple) else (best,)
+        print(f"best {method} for '{name}': "
+              + ", ".join(f"{k} {v}" for k, v in zip(knobs, best, strict=True))
+              + " (KOLMOGOROV_BASELINES: "
+              + ", ".join(f"{k} {KOLMOGOROV_BASELINES[k]}" for k in knobs) + ")")
     return df
 
 
@@ -169,20 +179,26 @@ def main() -> None:
     parser.add_argument("--corrections", type=int, default=None, help="--sets: SDA corrections")
     parser.add_argument("--length", type=int, default=17, help="--sets/--tune: states")
     parser.add_argument("--tune", action="store_true",
-                        help=f"tune the EnKS on {TUNE_SETS} held-out sets per scenario")
+                        help=f"tune the EnKS on {TUNE_SETS} held-out sets per scenario (--methods "
+                             "enks: half-width x inflation; enks-exact: the 256² model's noise)")
     parser.add_argument("--json", default=None, help="--sets: write the medians to this file")
     args = parser.parse_args()
     if args.tune or args.sets:
         args.scenarios = args.scenarios or ["sparse"]
-        if args.tune:
-            args.sets = args.sets or TUNE_SETS
-            args.localizations, args.inflations = LOCALIZATIONS, INFLATIONS
-            tune(args)
-            return
         names = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
         if not names or set(names) - set(METHODS):
             parser.error(f"--methods: expected some of {sorted(METHODS)}, got {args.methods!r}")
         args.methods = tuple(METHODS[n] for n in METHODS if n in names)
+        if args.tune:
+            if args.methods == ("SDA", "EnKS"):  # the default --methods
+                args.methods = ("EnKS",)
+            if len(args.methods) != 1 or args.methods[0] == "SDA":
+                parser.error("--tune: --methods is one of enks, enks-exact")
+            args.sets = args.sets or TUNE_SETS
+            args.localizations, args.inflations = LOCALIZATIONS, INFLATIONS
+            args.noises = EXACT_NOISES
+            tune(args)
+            return
         medians = table(args)
         if args.json:
             write_json(args.json, {k: v.reset_index().to_dict(orient="records")

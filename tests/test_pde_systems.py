@@ -140,6 +140,26 @@ def test_kolmogorov_fine_step_is_the_simulated_transition(kf_short):
                                                      noise_std=0.1, model_resolution=256)
 
 
+def test_kolmogorov_true_model_prior_spins_up_coarse_then_forecasts_fine(kf, kf_short):
+    # the true-model EnKS row's prior: the coarse row's spun-up initial law, the 256² transition
+    from numpyro_sda.demo import faithful_markov_prior
+
+    cfg = dict(model_error=1.0, spinup=2, exact_model_error=0.3)
+    prior = faithful_markov_prior(kf, 3, cfg)
+    coarse = kf.markov_prior(3, model_error=1.0, spinup=2)
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(prior.initial.sample(key), coarse.initial.sample(key))
+    x = kf.normalize(jnp.asarray(kf_short[0, 0]))
+    step = prior.transition(x)
+    fine = kf.faithful_model()
+    expected = kf.normalize(fine.step(kf.denormalize(x)))
+    np.testing.assert_allclose(step.mean, expected, atol=1e-5)
+    np.testing.assert_allclose(step.base_dist.scale, 0.3 / kf.std.ravel()[0] * np.ones((1, 64, 64)),
+                               rtol=1e-6)
+    # and not the coarse model's transition
+    assert float(jnp.abs(step.mean - coarse.transition(x).mean).max()) > 1e-2
+
+
 def test_kolmogorov_coarse_step_and_markov_prior(kf, kf_short):
     x = jnp.asarray(kf_short[0, :3])
     nxt = kf.step(x)  # batch of states

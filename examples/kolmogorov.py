@@ -9,45 +9,51 @@ stochastic EnKS runs it with the coarse 64² Markov model (``model_error=1.0``; 
 against the 256² truth is about 0.94). Figures: truth / observation / posterior mean / posterior
 std panels per method and a vorticity GIF (matplotlib's ``pillow`` writer).
 
-SDA uses the shipped ``pretrained.load("kolmogorov")`` (a 1.8 M-parameter UNet trained on a GPU
-for 4750 steps; see :mod:`numpyro_sda.pretrained`) unless ``--prior FILE`` names another (e.g.
-one trained with ``examples/train_kolmogorov.py``). On these 2-core CPUs one guided evaluation
-of the shipped UNet on 2 x 9 states took about 1.3 s with ``lax.conv`` and about a fifth of that
-since the UNet's convolutions are patch matrix products on CPU (``benchmarks/unet_cpu.py``: a
-forward + VJP of 5 windows inside a loop, 1487 -> 292 ms); the small default still uses 1 correction.
+SDA uses the shipped ``pretrained.load("kolmogorov")`` (a 0.28 M-parameter UNet trained on
+these CPUs in 64 minutes, ``examples/train_kolmogorov.py --config cpu``; see
+:mod:`numpyro_sda.pretrained`) unless ``--prior FILE`` names another. On these 2-core CPUs the
+UNet's convolutions run as patch matrix products (``benchmarks/unet_cpu.py``); the small default
+uses 1 correction.
 
-The EnKS is the stochastic EnKS with 32 members on the coarse 64² model (model error: its
-one-interval error is 0.2 standard deviations), spun up from the climatological Gaussian through 64
-model transitions, with Gaspari–Cohn localisation on the 64² torus (half-width 8 pixels) and
-inflation 1.1: ``--tune`` (2 held-out 'sparse' sets, keys ``fold_in(PRNGKey(1000), i)``; 555 s;
-``benchmarks/results/kolmogorov_enks_tuning_2026-11-28.log``) gave median CRPS 1.299 at 8 / 1.1,
-1.313 at 4 / 1.0, 1.320 at 8 / 1.0 and 3.0-3.3 at half-width 16 (collapsed, spread/skill 0.12-0.15).
-Without localisation (and without the spin-up) one set gave CRPS 4.55, spread/skill 0.01.
+The EnKS rows are the stochastic EnKS with 32 members, spun up from the climatological Gaussian
+through 64 transitions of the coarse 64² model, with Gaspari–Cohn localisation on the 64² torus
+(half-width 8 pixels) and inflation 1.1, then forecast by
+* the coarse 64² model (model error: its one-interval error is 0.2 standard deviations; noise
+  1.0): ``--tune`` (2 held-out 'sparse' sets, keys ``fold_in(PRNGKey(1000), i)``; 555 s;
+  ``benchmarks/results/kolmogorov_enks_tuning_2026-11-28.log``) gave median CRPS 1.299 at
+  8 / 1.1, 1.313 at 4 / 1.0, 1.320 at 8 / 1.0 and 3.0-3.3 at half-width 16 (collapsed,
+  spread/skill 0.12-0.15); without localisation (and spin-up) one set gave CRPS 4.55;
+* the faithful 256² model (``--methods enks-exact``, the true model up to the 64² truncation of
+  the state; about 20x the cost): ``--tune --methods enks-exact --sets 1`` (held-out set 0, 635 s
+  beside another job; ``benchmarks/results/kolmogorov_enks_256model_tuning_2026-12-06.log``) gave
+  CRPS 1.127 / 1.130 / 1.190 at transition noise 0.2 / 0.5 / 1.0 (spread/skill 0.62 / 0.66 /
+  0.80); 0.2 is kept. (Its former start, 8 fine transitions from white noise, gave CRPS 1.78 on
+  table set 0.)
 
-Measured (2026-11-28, shared 2-core CPU, load about 2, alone): ``--sets 8 --scenario sparse
---samples 8 --steps 32 --corrections 1`` (17 states, 8 SDA draws; 2307 s;
-``benchmarks/results/kolmogorov_sparse_sda_enks_8sets_2026-11-28.*``), medians, physical units
+Measured (shared 2-core CPU, load about 2, alone), ``--sets 8 --scenario sparse --samples 8
+--steps 32 --corrections 1`` (17 states, 8 SDA draws; SDA and EnKS keys do not depend on each
+other, so rows from separate runs share their observation sets), medians, physical units
 (vorticity standard deviation 4.7):
 
-    =============  ======  ======  ============  ======  ==========
-    'sparse'        RMSE   spread  spread/skill   CRPS   s per set
-    =============  ======  ======  ============  ======  ==========
-    SDA             2.198   1.252      0.61       1.281     219
-    EnKS (64²)      2.325   1.991      0.90       1.315       9
-    =============  ======  ======  ============  ======  ==========
+    ===============================  ======  ======  ============  ======  ==========
+    'sparse'                          RMSE   spread  spread/skill   CRPS   s per set
+    ===============================  ======  ======  ============  ======  ==========
+    SDA, shipped prior (2026-12-06)   1.924   1.268      0.69       1.099      72
+    SDA, former GPU prior             2.198   1.252      0.61       1.281     219
+    EnKS, 64² model (model error)     2.325   1.991      0.90       1.315       9
+    EnKS, 256² model (true model)     2.080   1.258      0.63       1.149     209
+    ===============================  ======  ======  ============  ======  ==========
 
-SDA with the shipped prior (4750 GPU training steps) and this cheap sampler ties with the tuned
-localised EnKS on the coarse model: its CRPS is lower on 5 of 8 sets (per-set ratios 0.95-1.03),
-its RMSE lower, and it is under-dispersed (spread/skill 0.61). More corrections do not help:
-C = 4 (``--sets 2 --methods sda --corrections 4``, 370 s per set;
-``benchmarks/results/kolmogorov_sparse_sda_c4_2sets_2026-11-28.log``) raised the CRPS on both sets
-(1.347 -> 1.379, 1.315 -> 1.342) and lowered spread/skill (0.60 -> 0.53, 0.58 -> 0.51), as C = 32
-did with the first, under-trained KS prior: the prior, trained for 4750 steps, limits SDA here.
-``--methods enks-exact`` (the 256²
-model, transition noise 0.2, 8 spin-up transitions; untuned) took 266 s for one set and was worse
-(CRPS 1.78, spread/skill 0.33): its ensemble starts too close to white noise and its noise and
-inflation need their own tuning, which these CPUs could not afford in the session; the
-true-model row is open.
+(``benchmarks/results/kolmogorov_sparse_sda_cpuprior_8sets_2026-12-06.*``,
+``kolmogorov_sparse_sda_enks_8sets_2026-11-28.*`` and
+``kolmogorov_sparse_enks_256model_8sets_2026-12-06.*``.) With the shipped prior SDA's CRPS is
+lower than the model-error EnKS's on 8 of 8 sets (per-set 0.86-1.27 against 1.02-1.45) and lower
+than the former GPU-trained prior's on 8 of 8 (by 13-15%), at a third of its cost. It is also
+lower than the true-model EnKS's on 8 of 8 sets (per-set 0.89-1.52; by 1-16%, median 3.6%),
+whose 209 s per set ran beside the test suite. Every method but the 64² EnKS is under-dispersed;
+SDA's spread/skill is 0.69. With the former prior more corrections did not help: C = 4 (``--sets 2 --methods sda --corrections 4``, 370 s per set;
+``benchmarks/results/kolmogorov_sparse_sda_c4_2sets_2026-11-28.log``) raised the CRPS on both
+sets (1.347 -> 1.379, 1.315 -> 1.342) and lowered spread/skill (0.60 -> 0.53, 0.58 -> 0.51).
 
     python examples/kolmogorov.py                        # small: 9 states, 'coarse', 2 draws, 8 steps
     python examples/kolmogorov.py --full   # 17 states, all scenarios (GPU)

@@ -10,6 +10,14 @@ baselines' flat states); the baselines with the exact Markov prior
 (64 members, Gaspari–Cohn half-width 4 variables, multiplicative inflation 1.02) and weak 4D-Var
 started from the EnKS mean.
 
+The EnKS settings: ``--tune`` (half-width {2, 4, 8} x inflation {1.02, 1.05, 1.1, 1.2}, 2 held-out
+sets, keys ``fold_in(PRNGKey(1000), i)``; 213 s; ``benchmarks/results/lorenz96_enks_tuning_2026-12-06.txt``)
+gave median CRPS 0.600 at 8 / 1.05 (spread/skill 0.40), 0.629 at 4 / 1.02 (0.57), 0.731 at
+2 / 1.02 (0.82); every inflation above 1.05 raised the CRPS. 4 / 1.02 is kept: half-width 8 is
+fragile (with 1.02 it collapsed, CRPS 1.42; with 1.05 the ensemble diverged to non-finite states
+on table set 5 of ``--full --no-sda --model-error``, after CRPS 0.74 / 0.69 / 0.55 / 0.54 / 0.73 on
+sets 0-4; ``benchmarks/results/lorenz96_enks_halfwidth8_diverged_2026-12-06.log``).
+
 ``--model-error`` repeats the baselines with an imperfect model: the forcing F = 15 instead of
 16 (the true system's normalisation is kept); SDA's prior was learned from the true system's data
 and is unchanged. Metrics (physical units): RMSE of the draws (of the estimate for 4D-Var), spread,
@@ -17,8 +25,8 @@ spread/skill, CRPS; the tables are medians over the observation sets (keys
 ``fold_in(PRNGKey(seed), i)``).
 
 Measured (2026-11-28, shared 2-core CPU, load 2-3.5: other jobs ran beside it part of the time),
-``--full --samples 32 --model-error`` (8 sets, 32 SDA draws, SDA's defaults: 64 steps, C = 32 on
-the steps ending at t <= 0.25; 2479 s; ``benchmarks/results/lorenz96_prior2_table_8sets_2026-11-28.*``),
+``--full --samples 32 --model-error`` (8 sets, 32 SDA draws, SDA's defaults then: 64 steps, C = 32
+on the steps ending at t <= 0.25; today's default is C = 8, not measured here; 2479 s; ``benchmarks/results/lorenz96_prior2_table_8sets_2026-11-28.*``),
 with the shipped prior retrained on 2026-11-28 (validation loss 0.090), medians, physical units
 (the attractor's standard deviation is 6.3):
 
@@ -30,7 +38,7 @@ with the shipped prior retrained on 2026-11-28 (validation loss 0.090), medians,
     4D-Var   0.434     –         –         0.315  0.521 / 0.372
     ======  ======  ======  ============  ======  ==================================
 
-SDA beats the (untuned) EnKS in RMSE and CRPS (on 7 of 8 sets) and loses to weak 4D-Var, which
+SDA beats the EnKS in RMSE and CRPS (on 7 of 8 sets) and loses to weak 4D-Var, which
 is given the exact dynamics (and, with F = 15, still a close model). The first shipped prior
 (14,000 steps, validation loss 0.103; ``benchmarks/results/lorenz96_table_8sets_2026-11-27.*``)
 gave SDA RMSE 1.338, spread/skill 1.52, CRPS 0.546: the retrained prior lowers the CRPS on 8 of 8
@@ -41,6 +49,8 @@ baselines under a second.
     python examples/lorenz96.py                        # small: 2 sets, 32 draws, 64 steps, C = 1
     python examples/lorenz96.py --full --model-error   # 8 sets, 64 draws, SDA's defaults
     python examples/lorenz96.py --prior my_l96.npz     # another prior
+    python examples/lorenz96.py --tune                 # the EnKS's half-width and inflation
+    python examples/lorenz96.py --full --no-sda        # the baselines' table alone
 """
 
 from __future__ import annotations
@@ -64,6 +74,12 @@ LENGTH = 65
 #: the forcing of the imperfect model of ``--model-error`` (the truth has F = 16)
 MODEL_ERROR_F = 15.0
 COLUMNS = ("sets", "rmse", "spread", "spread_skill", "crps", "wall_time")
+#: the EnKS's Gaspari–Cohn half-width (variables) and multiplicative inflation
+ENKS = dict(localization=4.0, inflation=1.02)
+#: the ``--tune`` grid and its held-out sets (keys ``fold_in(PRNGKey(1000), i)``)
+LOCALIZATIONS = (2.0, 4.0, 8.0)
+INFLATIONS = (1.02, 1.05, 1.1, 1.2)
+TUNE_SETS = 2
 
 
 def model(prior, y=None):
@@ -89,12 +105,18 @@ def observation_set(system: systems.Lorenz96, key):
     return truth, y
 
 
+def enks(key, system: systems.Lorenz96, y, localization: float, inflation: float):
+    """The localised square-root EnKS (64 members) with ``system``'s Markov prior, after run."""
+    return EnKS(model, 64, variant="sqrt", localization=localization, inflation=inflation,
+                rotate=True).run(key, system.markov_prior(LENGTH), y=y)
+
+
 def baselines(key, system: systems.Lorenz96, y) -> dict:
-    """The localised EnKS and weak 4D-Var (from the EnKS mean) with ``system``'s Markov prior."""
+    """The localised EnKS (:data:`ENKS`) and weak 4D-Var (from the EnKS mean) with ``system``'s
+    Markov prior."""
     k_enks, k_var = jax.random.split(key)
     markov = system.markov_prior(LENGTH)
-    out = {"EnKS": EnKS(model, 64, variant="sqrt", localization=4.0, inflation=1.02,
-                        rotate=True).run(k_enks, markov, y=y)}
+    out = {"EnKS": enks(k_enks, system, y, **ENKS)}
     init = np.asarray(out["EnKS"].get_samples()["x"]).mean(0)
     out["4D-Var"] = FourDVar(model, weak=True, init=init, max_iter=1000).run(k_var, markov, y=y)
     return out
@@ -126,23 +148,54 @@ def run(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
         key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
         k_set, k_sda, k_base = jax.random.split(key, 3)
         truth, y = observation_set(system, k_set)
-        results = {"SDA": sda.run(k_sda, prior, y=y, num_samples=args.samples)}
+        results = ({} if args.no_sda else
+                   {"SDA": sda.run(k_sda, prior, y=y, num_samples=args.samples)})
         results.update(baselines(k_base, system, y))
         tables.setdefault("true model", []).append(table(results, truth, system))
         if args.model_error:
             wrong = baselines(k_base, imperfect_system(system, MODEL_ERROR_F), y)
+            sda_row = {} if args.no_sda else {"SDA": results["SDA"]}
             tables.setdefault(f"model error (F = {MODEL_ERROR_F:g})", []).append(
-                table({"SDA": results["SDA"], **wrong}, truth, system))
+                table({**sda_row, **wrong}, truth, system))
         print(f"[{time.perf_counter() - t_start:.0f} s] set {i}\n"
               f"{tables['true model'][-1][list(COLUMNS[1:])].round(4).to_string()}", flush=True)
     medians = medians_over_sets(tables)
     for label, med in medians.items():
         print(f"\n### Lorenz-96, {label}: medians over {med['sets'].iloc[0]} observation sets\n")
         print(to_markdown(med[[c for c in COLUMNS if c in med.columns]]))
-    print(f"\nSDA: {sda.settings['steps']} steps, C = {sda.settings['corrections']}, "
-          f"guidance {sda.settings['guidance']!r}, "
-          f"{args.samples} draws; total {time.perf_counter() - t_start:.0f} s")
+    st = sda.settings
+    print("\nSDA: " + ("not run" if args.no_sda else
+                       f"{st['steps']} steps, C = {st['corrections']}, guidance "
+                       f"{st['guidance']!r}, {args.samples} draws")
+          + f"; EnKS {ENKS}; total {time.perf_counter() - t_start:.0f} s")
     return medians
+
+
+def tune(args: argparse.Namespace) -> pd.DataFrame:
+    """The EnKS half-width and inflation by median CRPS over held-out sets (keys
+    ``fold_in(PRNGKey(1000), i)``, never the table's), with the true model; prints the grid."""
+    system = systems.Lorenz96()
+    rows = []
+    t_start = time.perf_counter()
+    for i in range(args.sets):
+        k_set, _, k_base = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(1000), i), 3)
+        truth, y = observation_set(system, k_set)
+        for loc in LOCALIZATIONS:
+            for infl in INFLATIONS:
+                try:
+                    row = table({"EnKS": enks(jax.random.split(k_base)[0], system, y, loc, infl)},
+                                truth, system).loc["EnKS"]
+                    row = {k: float(row[k]) for k in ("rmse", "spread_skill", "crps")}
+                except ValueError:  # the ensemble diverged: ranks last
+                    row = dict(rmse=np.inf, spread_skill=np.nan, crps=np.inf)
+                rows.append(dict(set=i, localization=loc, inflation=infl, **row))
+        print(f"[{time.perf_counter() - t_start:.0f} s] held-out set {i} done", flush=True)
+    df = pd.DataFrame(rows)
+    med = df.groupby(["localization", "inflation"])[["rmse", "spread_skill", "crps"]].median()
+    print(med.round(4).to_string())
+    best = med["crps"].idxmin()
+    print(f"best: half-width {best[0]}, inflation {best[1]} (ENKS: {ENKS})")
+    return df
 
 
 def main() -> None:
@@ -166,7 +219,16 @@ def main() -> None:
     parser.add_argument("--prior", default=None, help="a prior file instead of the shipped one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the observation sets")
     parser.add_argument("--json", default=None, help="write the median tables to this file")
+    parser.add_argument("--no-sda", action="store_true",
+                        help="the baselines only (their keys do not depend on SDA's)")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"tune the EnKS's half-width and inflation on {TUNE_SETS} held-out "
+                             "sets (or --sets)")
     args = parser.parse_args()
+    if args.tune:
+        args.sets = args.sets or TUNE_SETS
+        tune(args)
+        return
     args.sets = args.sets or (8 if args.full else 2)
     args.samples = args.samples or (64 if args.full else 32)
     if not args.full:

@@ -185,7 +185,7 @@ def test_demo_kolmogorov_quick_with_a_given_prior(tmp_path, capsys):
     assert main(["demo", "--system", "kolmogorov", "--quick", "--out",
                  str(tmp_path / "o2")]) == 0
     out = capsys.readouterr().out
-    assert "SDA (8 steps, 2 draws)" in out
+    assert "SDA (8 steps, C=1, 2 draws)" in out
     assert (tmp_path / "o2" / "sda_fields.png").stat().st_size > 0
 
 

@@ -24,12 +24,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+
+if TYPE_CHECKING:
+    from numpyro_sda.markov import MarkovPrior
+    from numpyro_sda.systems import KolmogorovFlow
 
 __all__ = [
     "run_demo", "run_ks_demo", "run_kolmogorov_demo", "run_system_demo", "ks_methods",
@@ -382,7 +387,8 @@ KOLMOGOROV_BASELINES = dict(model_error=1.0, ensemble_size=32, localization=8.0,
                             spinup=64, exact_model_error=0.2)
 
 
-def faithful_markov_prior(system, length: int, cfg: dict | None = None):
+def faithful_markov_prior(system: KolmogorovFlow, length: int,
+                          cfg: dict | None = None) -> MarkovPrior:
     """The true-model Markov prior of a Kolmogorov system (normalised coordinates).
 
     Transition: the faithful 256² model (:meth:`~numpyro_sda.systems.KolmogorovFlow.faithful_model`)

@@ -105,10 +105,10 @@ def observation_set(system: systems.Lorenz96, key):
     return truth, y
 
 
-def enks(key, system: systems.Lorenz96, y, localization: float, inflation: float):
-    """The localised square-root EnKS (64 members) with ``system``'s Markov prior, after run."""
+def enks(key, markov, y, localization: float, inflation: float):
+    """The localised square-root EnKS (64 members) with the Markov prior ``markov``, after run."""
     return EnKS(model, 64, variant="sqrt", localization=localization, inflation=inflation,
-                rotate=True).run(key, system.markov_prior(LENGTH), y=y)
+                rotate=True).run(key, markov, y=y)
 
 
 def baselines(key, system: systems.Lorenz96, y) -> dict:
@@ -116,7 +116,7 @@ def baselines(key, system: systems.Lorenz96, y) -> dict:
     Markov prior."""
     k_enks, k_var = jax.random.split(key)
     markov = system.markov_prior(LENGTH)
-    out = {"EnKS": enks(k_enks, system, y, **ENKS)}
+    out = {"EnKS": enks(k_enks, markov, y, **ENKS)}
     init = np.asarray(out["EnKS"].get_samples()["x"]).mean(0)
     out["4D-Var"] = FourDVar(model, weak=True, init=init, max_iter=1000).run(k_var, markov, y=y)
     return out
@@ -180,10 +180,11 @@ def tune(args: argparse.Namespace) -> pd.DataFrame:
     for i in range(args.sets):
         k_set, _, k_base = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(1000), i), 3)
         truth, y = observation_set(system, k_set)
+        markov = system.markov_prior(LENGTH)
         for loc in LOCALIZATIONS:
             for infl in INFLATIONS:
                 try:
-                    row = table({"EnKS": enks(jax.random.split(k_base)[0], system, y, loc, infl)},
+                    row = table({"EnKS": enks(jax.random.split(k_base)[0], markov, y, loc, infl)},
                                 truth, system).loc["EnKS"]
                     row = {k: float(row[k]) for k in ("rmse", "spread_skill", "crps")}
                 except ValueError:  # the ensemble diverged: ranks last
